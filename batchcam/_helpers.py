@@ -1,0 +1,80 @@
+"""Small private helpers shared by the package: seeding, devices, atomic writes."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+
+def set_seed(seed: int) -> torch.Generator:
+    """Seed Python, NumPy (if present) and torch; return a torch.Generator seeded with ``seed``."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy is a dependency of torch
+        pass
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` or ``"auto"`` → CUDA if available, else CPU; anything else is passed to ``torch.device``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+def unknown_choice(kind: str, value: Any, valid: Iterable[str], hint: str = "") -> ValueError:
+    """A ValueError naming the bad ``value``, close matches, and every valid choice."""
+    valid = list(valid)
+    close = difflib.get_close_matches(str(value), valid, n=3)
+    msg = f"unknown {kind} {value!r}."
+    if close:
+        msg += f" Did you mean {', '.join(repr(c) for c in close)}?"
+    msg += f" Valid {kind}s: {', '.join(repr(v) for v in valid)}."
+    if hint:
+        msg += " " + hint
+    return ValueError(msg)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically, so an interrupted write never leaves half a file."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
