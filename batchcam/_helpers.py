@@ -12,6 +12,9 @@ from typing import Any, Iterable
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def set_seed(seed: int) -> torch.Generator:
     """Seed Python, NumPy (if present) and torch; return a torch.Generator seeded with ``seed``."""
@@ -55,6 +58,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
