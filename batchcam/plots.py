@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-__all__ = ["image_grid", "cam_overlays", "reconstruction_rows", "protocol_diagram", "timing_plot", "history_plot",
+__all__ = ["subplots", "image_grid", "cam_overlays", "reconstruction_rows", "protocol_diagram", "timing_plot", "history_plot",
            "overlay"]
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True):
+    """Like ``plt.subplots`` but the Figure is not registered with pyplot: a notebook shows it once,
+    as the cell's value, and a script never leaks open figures."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _np(img) -> np.ndarray:
@@ -37,7 +44,7 @@ def image_grid(images, titles: Optional[Sequence[str]] = None, ncols: int = 10, 
     """Grid of greyscale images [N, 1, H, W] or [N, H, W] (chapter 1: samples, prototypes)."""
     n = len(images)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if suptitle else 0)),
+    fig, axes = subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if suptitle else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -60,7 +67,7 @@ def cam_overlays(images, cams, titles: Optional[Sequence[str]] = None, ncols: in
     """
     rows = dict(rows) if rows is not None else {"Grad-CAM": cams}
     n = min(len(images), ncols)
-    fig, axes = plt.subplots(1 + len(rows), n, figsize=(size * n, size * (1 + len(rows))), squeeze=False)
+    fig, axes = subplots(1 + len(rows), n, figsize=(size * n, size * (1 + len(rows))), squeeze=False)
     for j in range(n):
         axes[0, j].imshow(_np(images[j]), cmap="gray", vmin=0, vmax=1)
         axes[0, j].set_axis_off()
@@ -79,7 +86,7 @@ def reconstruction_rows(rows: Mapping[str, torch.Tensor], class_names: Sequence[
     """One row per entry of ``rows`` ({"label": [C, H, W] maps}): average reconstruction per class,
     prototypes, … (the paper's Figures 2–7; chapters 4–6)."""
     c = len(class_names)
-    fig, axes = plt.subplots(len(rows), c, figsize=(size * c + 1.2, size * len(rows) + 0.3), squeeze=False)
+    fig, axes = subplots(len(rows), c, figsize=(size * c + 1.2, size * len(rows) + 0.3), squeeze=False)
     for i, (label, maps) in enumerate(rows.items()):
         for j in range(c):
             ax = axes[i, j]
@@ -94,11 +101,11 @@ def reconstruction_rows(rows: Mapping[str, torch.Tensor], class_names: Sequence[
 
 def protocol_diagram() -> Figure:
     """The training protocol with both losses (the paper's Figure 1; chapter 1)."""
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = subplots(figsize=(9, 3.6))
     ax.set_xlim(0, 10), ax.set_ylim(0, 4.2), ax.set_axis_off()
 
     def box(x, y, w, h, text, color):
-        ax.add_patch(plt.Rectangle((x, y), w, h, facecolor=color, edgecolor="black", linewidth=1))
+        ax.add_patch(Rectangle((x, y), w, h, facecolor=color, edgecolor="black", linewidth=1))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
 
     def arrow(x0, y0, x1, y1, text="", style="-|>"):
@@ -138,7 +145,7 @@ def timing_plot(rows: Sequence[Mapping], x: str = "batch_size", y: str = "ms", b
 
     ``rows`` is a list of dicts such as ``{"method": "batch", "batch_size": 64, "ms": 3.1}``.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = subplots(figsize=(5.5, 3.6))
     for key in dict.fromkeys(r[by] for r in rows):
         pts = sorted((r[x], r[y]) for r in rows if r[by] == key)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=str(key))
@@ -154,7 +161,7 @@ def timing_plot(rows: Sequence[Mapping], x: str = "batch_size", y: str = "ms", b
 
 def history_plot(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str] = ("test_accuracy", "l1")) -> Figure:
     """Per-epoch curves of several runs side by side, one panel per metric key (chapter 5)."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, hist in histories.items():
             ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], marker="o", label=label)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -16,7 +15,7 @@ from torch import nn
 from .cam import _candidate_layers, batch_gradcam
 from .losses import distance
 from .models import default_target_layer
-from .plots import _np, overlay
+from .plots import _np, overlay, subplots
 
 __all__ = ["explorer_figure", "explorer"]
 
@@ -33,7 +32,7 @@ def explorer_figure(model: nn.Module, image: torch.Tensor, label: int, prototype
     cam = batch_gradcam(model.eval(), x, layer, [label])
     proto = prototypes[label:label + 1].to(cam)
     d = {k: distance(cam, proto, k).item() for k in ("l1", "l2", "ssim")}
-    fig, axes = plt.subplots(1, 4, figsize=(8.4, 2.5))
+    fig, axes = subplots(1, 4, figsize=(8.4, 2.5))
     axes[0].imshow(_np(x[0]), cmap="gray", vmin=0, vmax=1), axes[0].set_title(f"image ({class_names[label]})",
                                                                                 fontsize=9)
     axes[1].imshow(_np(cam[0]), cmap="jet", vmin=0, vmax=1), axes[1].set_title(f"Grad-CAM @ {layer}", fontsize=9)
@@ -54,6 +53,7 @@ def explorer(entries: Mapping[str, Mapping]):
     [C,1,H,W], "class_names": [...], "models": {name: model}}``. Returns the widget (a ``VBox``).
     """
     import ipywidgets as W
+    from IPython.display import display
 
     first = next(iter(entries.values()))
     ds = W.Dropdown(options=list(entries), description="dataset")
@@ -81,7 +81,7 @@ def explorer(entries: Mapping[str, Mapping]):
             out.clear_output(wait=True)
             fig = explorer_figure(e["models"][mdl.value], e["images"][i], cls.value, e["prototypes"],
                                   e["class_names"], lay.value, title=f"{ds.value} #{i}")
-            plt.show(fig)
+            display(fig)
 
     ds.observe(sync_models, "value")
     mdl.observe(sync_layers, "value")
