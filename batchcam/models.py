@@ -19,17 +19,21 @@ __all__ = ["SimpleCNN", "create_model", "list_models", "default_target_layer", "
 
 
 class SimpleCNN(nn.Module):
-    """A small CNN for 28×28 greyscale digits (our stand-in for the paper's "CNN").
+    """A small CNN for 28×28 greyscale images (our stand-in for the paper's "CNN").
 
-    ``features`` (the Grad-CAM layer) keeps a 14×14 grid for 28-px inputs, so maps are
-    sharper than at 7×7; ``head`` is global average pooling and one linear layer. BatchNorm
-    sits only *inside* ``features``, so nothing after the target layer mixes samples.
+    ``features`` (the Grad-CAM layer) is three 3×3 conv blocks with one max-pool, so it keeps a
+    14×14 grid for 28-px inputs (sharper maps than 7×7); ``head`` flattens it into one linear
+    layer. BatchNorm sits only *inside* ``features``: nothing after the target layer mixes samples.
+    (A global-average-pooling head, which would make Grad-CAM equal CAM, trained far slower here:
+    92 % vs 97 % test accuracy after 94 Adam steps — chapter 2.)
 
-    Shapes: ``x`` [B, in_chans, H, W] → logits [B, num_classes]; ``features(x)`` [B, 64, H/2, W/2].
+    Shapes: ``x`` [B, in_chans, S, S] → logits [B, num_classes]; ``features(x)`` [B, 2·width, S/2, S/2].
     """
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, image_size: int = 28) -> None:
         super().__init__()
+        if image_size % 2:
+            raise ValueError(f"SimpleCNN needs an even image_size, got {image_size}")
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -37,13 +41,13 @@ class SimpleCNN(nn.Module):
         self.features = nn.Sequential(
             *block(in_chans, width), nn.MaxPool2d(2), *block(width, 2 * width), *block(2 * width, 2 * width)
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * (image_size // 2) ** 2, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
-def _resnet18(num_classes: int, in_chans: int) -> nn.Module:
+def _resnet18(num_classes: int, in_chans: int, image_size: int) -> nn.Module:
     """torchvision ResNet-18 with a 3×3 stride-1 stem and no max-pool (our choice for 28-px inputs:
     the ImageNet stem would shrink a 28-px digit to a 1×1 ``layer4`` map)."""
     from torchvision.models import resnet18
@@ -54,7 +58,7 @@ def _resnet18(num_classes: int, in_chans: int) -> nn.Module:
     return model
 
 
-def _convnextv2_tiny(num_classes: int, in_chans: int) -> nn.Module:
+def _convnextv2_tiny(num_classes: int, in_chans: int, image_size: int) -> nn.Module:
     """timm ConvNeXt-V2-Tiny, random weights (``pretrained=False``); inputs must be ≥ 32 px."""
     import timm
 
@@ -65,14 +69,14 @@ def _convnextv2_tiny(num_classes: int, in_chans: int) -> nn.Module:
 class ModelSpec:
     """What the registry knows about one architecture."""
 
-    build: Callable[[int, int], nn.Module]  # (num_classes, in_chans) -> model with random weights
+    build: Callable[[int, int, int], nn.Module]  # (num_classes, in_chans, image_size) -> model, random weights
     target_layer: str  # dotted name of the last convolutional stage (the default Grad-CAM layer)
     min_size: int  # smallest input side the architecture accepts
     image_size: int  # image side used in the paper grid
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "simplecnn": ModelSpec(lambda n, c: SimpleCNN(n, c), "features", 4, 28),
+    "simplecnn": ModelSpec(lambda n, c, s: SimpleCNN(n, c, image_size=s), "features", 4, 28),
     "resnet18": ModelSpec(_resnet18, "layer4", 8, 28),
     "convnextv2_tiny": ModelSpec(_convnextv2_tiny, "stages.3", 32, 112),
 }
@@ -89,13 +93,15 @@ def _spec(name: str) -> ModelSpec:
     return MODEL_SPECS[name]
 
 
-def create_model(name: str, num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, in_chans: int = 1, image_size: int | None = None) -> nn.Module:
     """Build a registered model with random weights.
 
     Args:
         name: one of :func:`list_models` (``"simplecnn"``, ``"resnet18"``, ``"convnextv2_tiny"``).
         num_classes: size of the logits.
         in_chans: input channels (1 for MNIST / Fashion-MNIST).
+        image_size: input side the model will see (default: the registry's, 28 or 112). Only
+            SimpleCNN depends on it (its linear head); it must be ≥ the architecture's minimum.
 
     Returns:
         An ``nn.Module`` mapping [B, in_chans, H, W] → [B, num_classes], with attributes
@@ -104,7 +110,10 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1) -> nn.Modu
     spec = _spec(name)
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be ≥ 1, got {num_classes} and {in_chans}")
-    model = spec.build(num_classes, in_chans)
+    image_size = spec.image_size if image_size is None else image_size
+    if image_size < spec.min_size:
+        raise ValueError(f"model {name!r} needs image_size ≥ {spec.min_size}, got {image_size}")
+    model = spec.build(num_classes, in_chans, image_size)
     model.batchcam_name = name
     model.batchcam_target_layer = spec.target_layer
     return model
