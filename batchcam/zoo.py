@@ -18,7 +18,12 @@ from .data import default_data_root
 from .results import load_record, record_path
 from .train import TrainConfig, checkpoint_path, fit, load_checkpoint
 
-__all__ = ["cached_fit"]
+__all__ = ["cached_fit", "cache_root"]
+
+
+def cache_root() -> Path:
+    """Default cache folder, ``<data root>/models``; records are in ``runs/``, checkpoints in ``checkpoints/``."""
+    return default_data_root() / "models"
 
 
 def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None,
@@ -28,7 +33,7 @@ def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None
     The cache lives in ``cache_dir`` (default ``<data root>/models``); the record is the same JSON
     that :func:`batchcam.train.fit` writes (``record["final"]["accuracy"]`` etc.).
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_data_root() / "models"
+    cache = Path(cache_dir) if cache_dir is not None else cache_root()
     config = dataclasses.replace(config, out_dir=str(cache))
     rec, ckpt = record_path(config.run_id, cache / "runs"), checkpoint_path(config)
     if rec.is_file() and ckpt.is_file():
