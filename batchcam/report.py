@@ -171,3 +171,24 @@ def reconstruction_figure(agg: Mapping[tuple, dict], dataset: str, model: str, r
     fig = reconstruction_rows({**rows, "prototype": protos}, class_names(dataset))
     fig.suptitle(f"{dataset} · {model} ({scale})", fontsize=9, y=1.02)
     return fig
+
+
+def latest_bench(device_type: str = "cpu", root=None) -> Optional[dict]:
+    """The newest full (non ``--quick``) benchmark record of ``python -m batchcam bench`` for a device
+    type, from ``results/bench/`` (chapter 3); ``None`` when there is none."""
+    import json
+    from pathlib import Path
+
+    from .results import DEFAULT_ROOT
+
+    folder = Path(root) if root is not None else Path(DEFAULT_ROOT).parent / "bench"
+    paths = sorted(p for p in folder.glob(f"bench-{device_type}-*.json") if not p.stem.endswith("-quick"))
+    return json.loads(paths[-1].read_text()) if paths else None
+
+
+def bench_rows(record: Mapping, model: str, image_size: int) -> list[dict]:
+    """``[{"method", "batch_size", "ms"}, ...]`` of one model in a benchmark record, for
+    :func:`batchcam.plots.timing_plot`."""
+    return [{"method": method, "batch_size": e["batch_size"], "ms": t["median_ms"]}
+            for e in record["cam"] if e["model"] == model and e["image_size"] == image_size
+            for method, t in e["timings"].items() if t.get("median_ms") is not None]
