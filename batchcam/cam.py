@@ -110,8 +110,9 @@ def _cam_from(acts: torch.Tensor, grads: torch.Tensor, size: tuple[int, int], no
     """Grad-CAM maps [B, H, W] from activations and gradients [B, K, h, w] (computed in float32 or wider)."""
     dtype = torch.promote_types(acts.dtype, torch.float32)
     acts, grads = acts.to(dtype), grads.to(dtype)
-    alpha = grads.mean(dim=(2, 3), keepdim=True)  # [B, K, 1, 1]
-    cam = F.relu((alpha * acts).sum(1, keepdim=True))  # [B, 1, h, w]
+    alpha = grads.mean(dim=(2, 3))  # [B, K]
+    # Σ_k α_bk A_bk as one batched matrix product: no [B, K, h, w] temporary (the profiler's mul + sum)
+    cam = F.relu(torch.einsum("bk,bkhw->bhw", alpha, acts)).unsqueeze(1)  # [B, 1, h, w]
     cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
     return normalize_cam(cam[:, 0], normalize)
 
