@@ -36,8 +36,8 @@ def test_aggregate_mean_std_and_scale_preference():
     assert cell["n"] == 2 and cell["scale"] == "cpu-full"
     assert cell["accuracy"][0] == pytest.approx(0.91) and cell["accuracy"][1] == pytest.approx(0.0141421356)
     verdicts = {c["claim"]: c["verdict"] for c in report.claims(agg)}
-    assert verdicts["better accuracy than cross-entropy"] == "supported"
-    assert verdicts["lower training time per epoch"] == "not supported"
+    assert verdicts["better accuracy than cross-entropy"].startswith("supported (weak")  # one seed on one side
+    assert verdicts["lower training time per epoch"].startswith("not supported")
     table = repr(report.metric_table(agg, {"acc": ("accuracy", 2, 100)}))
     assert "91.00 ± 1.41" in table and "<table>" in report.metric_table(agg, {"acc": ("accuracy", 2, 100)})._repr_html_()
 
