@@ -76,7 +76,8 @@ class Table:
     def _repr_html_(self) -> str:
         esc = lambda c: html.escape(str(c))  # noqa: E731
         head = "".join(f"<th>{esc(c)}</th>" for c in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        body = "".join("<tr>" + "".join(f'<td style="white-space:nowrap">{esc(c)}</td>' for c in r) + "</tr>"
+                       for r in self.rows)
         cap = f"<caption>{esc(self.caption)}</caption>" if self.caption else ""
         return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -91,15 +92,17 @@ def _fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -
 def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int, float]],
                  caption: str = "") -> Table:
     """One row per (dataset, model, objective) present in ``agg``; ``columns`` maps a header to
-    ``(metric, digits, scale)``. The last columns name the scale, device, seeds and budget."""
-    header = ["dataset", "model", "objective", *columns, "scale", "device", "seeds", "budget"]
+    ``(metric, digits, scale)``. The last columns name the scale, seeds and budget; the caption names the
+    device(s)."""
+    devices = sorted({str(cell["device"]) for cell in agg.values()})
+    header = ["dataset", "model", "objective", *columns, "scale", "seeds", "budget"]
     rows = []
     for (ds, model, obj), cell in sorted(agg.items()):
-        budget = f"{cell['epochs']} ep" + (f", {cell['n_train']} img" if cell["n_train"] else "") + \
-                 f", {cell['image_size']} px"
+        budget = f"{cell['epochs']} ep" + (f" · {cell['n_train']} img" if cell["n_train"] else " · all") + \
+                 f" · {cell['image_size']} px"
         rows.append([ds, model, obj, *(_fmt(cell.get(m), d, s) for m, d, s in columns.values()),
-                     cell["scale"], cell["device"], cell["n"], budget])
-    return Table(header, rows, caption)
+                     cell["scale"], cell["n"], budget])
+    return Table(header, rows, f"{caption} (device: {', '.join(devices)})" if caption else "")
 
 
 def _compare(agg: Mapping[tuple, dict], metric: str, better: str, a: str = "ce+proto+batchcam",
