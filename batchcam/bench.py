@@ -51,8 +51,9 @@ from .losses import DISTANCES, batchcam_loss, prototype_loss
 from .models import MODEL_SPECS, create_model
 
 __all__ = ["BenchConfig", "quick_config", "run_benchmark", "compare_maps", "comparable_maps", "time_side_by_side",
-           "peak_memory_mib", "evaluate_targets", "format_summary", "add_bench_args", "run_bench_cli",
-           "METHOD_BUILDERS", "METHODS", "OBJECTIVES", "TARGETS"]
+           "peak_memory_mib", "floor_check", "loop_leak_check", "evaluate_targets", "format_summary",
+           "add_bench_args", "config_from_args", "run_bench_cli", "main", "METHOD_BUILDERS", "METHODS", "OBJECTIVES",
+           "TARGETS"]
 
 SCHEMA_VERSION = 1
 REFERENCE = "batch_gradcam"
@@ -198,7 +199,7 @@ def time_side_by_side(fns: dict[str, Callable[[], Any]], device: torch.device, *
             continue
         numbers[name] = max(1, math.ceil(min_rep_s / t)) if t > 0 else 1
     names, times = list(numbers), {name: [] for name in numbers}
-    for r in range(max(reps.values(), default=0)):
+    for r in range(max((reps[n] for n in names), default=0)):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             if r < reps[name]:
@@ -509,7 +510,7 @@ def _inputs(batch: int, size: int, num_classes: int, seed: int, device: torch.de
 
 def _prepare_model(case: ModelCase, cfg: BenchConfig, device: torch.device, train: bool) -> nn.Module:
     set_seed(cfg.seed)
-    model = create_model(case.name, num_classes=cfg.num_classes).to(device).train(train)
+    model = create_model(case.name, num_classes=cfg.num_classes, image_size=case.size).to(device).train(train)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model

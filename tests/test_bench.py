@@ -148,6 +148,8 @@ def test_a_failing_method_is_recorded_not_fatal():
                                                reps={"ok": 2, "bad": 2})
     assert timings["ok"]["reps"] == 2 and outputs == {"ok": 1}
     assert timings["bad"] == {"error": "ZeroDivisionError: division by zero"}
+    timings, outputs = bench.time_side_by_side({"bad": lambda: 1 / 0}, torch.device("cpu"), reps={"bad": 2})
+    assert set(timings) == {"bad"} and outputs == {}
 
 
 def test_too_slow_configurations_are_skipped_and_reported(tmp_path):
@@ -171,6 +173,13 @@ def test_cli_options_build_the_config():
         bench.config_from_args(parser.parse_args(["--models", "resnet19"]))
     with pytest.raises(ValueError, match="at least 32 px"):
         bench.ModelCase.parse("convnextv2_tiny:28")
+
+
+def test_model_is_built_for_the_benchmarked_size():
+    mc = bench.ModelCase.parse("simplecnn:16")  # SimpleCNN's linear head depends on the input size
+    model = bench._prepare_model(mc, bench.quick_config(), torch.device("cpu"), train=False)
+    case = bench.make_case(model, mc, 3, bench.quick_config(), torch.device("cpu"))
+    assert bench.METHOD_BUILDERS["batch_gradcam"](case).run().shape == (3, 16, 16)
 
 
 def test_package_import_does_not_import_optional_libraries():
