@@ -276,6 +276,7 @@ def _keep_activations(module: nn.Module) -> Iterator[dict]:
         yield store
     finally:
         handle.remove()
+        store.clear()  # the stored output → its graph → the tensor hook → this dict: break the cycle
 
 
 def gradcam_loop(
@@ -310,6 +311,6 @@ def gradcam_loop(
         grads = []
         for b in range(x.shape[0]):
             torch.autograd.backward(logits[b, t[b]], inputs=[acts], retain_graph=b < x.shape[0] - 1)
-            grads.append(store.pop("grad")[b])
+            grads.append(store.pop("grad")[b].clone())  # a view would keep the whole [B, K, h, w] gradient alive
         acts.grad = None
     return _cam_from(acts.detach(), torch.stack(grads), tuple(x.shape[-2:]), normalize)

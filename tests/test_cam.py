@@ -212,3 +212,17 @@ def test_inplace_after_layer_detected():
     model.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True))
     with pytest.raises(RuntimeError, match="in place"):
         bc.batch_gradcam(model.eval(), torch.rand(2, 1, 6, 6), "features.0", create_graph=True)
+
+
+def test_loop_frees_its_graph_without_gc():
+    """gradcam_loop's hooks once formed a reference cycle that kept every forward graph alive."""
+    import weakref
+
+    model = bc.create_model("simplecnn").eval()
+    refs = []
+    handle = model.features.register_forward_hook(lambda m, i, o: refs.append(weakref.ref(o)))
+    try:
+        bc.gradcam_loop(model, _x(4, 28), "features")
+    finally:
+        handle.remove()
+    assert refs and all(r() is None for r in refs)
