@@ -29,14 +29,11 @@ import ctypes
 import gc
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 import weakref
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional, Sequence
 
@@ -49,6 +46,8 @@ from ._helpers import atomic_write_json, resolve_device, set_seed, unknown_choic
 from .cam import batch_gradcam, batch_gradcam_with_logits, gradcam_loop, normalize_cam, resolve_layer
 from .losses import DISTANCES, batchcam_loss, prototype_loss
 from .models import MODEL_SPECS, create_model
+from .results import _cpu_name, _version
+from .results import provenance as run_provenance
 
 __all__ = ["BenchConfig", "quick_config", "run_benchmark", "compare_maps", "comparable_maps", "time_side_by_side",
            "peak_memory_mib", "floor_check", "loop_leak_check", "evaluate_targets", "format_summary",
@@ -850,55 +849,15 @@ def _train_target_rows(record: dict, cfg: BenchConfig) -> list[dict]:
 # Provenance and the record
 
 
-def _git(*args: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _version(dist: str) -> Optional[str]:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 BENCH_DISTRIBUTIONS = ("torch", "torchvision", "timm", "torchmetrics", "numpy", "captum", "grad-cam",
                        "opencv-python-headless", "opencv-python")
 
 
-def _fallback_provenance(device: torch.device) -> dict:
-    """Minimal provenance when ``batchcam.results.provenance`` is not available."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-    }
-
-
 def provenance(device: torch.device) -> dict:
-    """``batchcam.results.provenance(device)`` when that module provides it (else a minimal fallback),
-    plus the versions of every library the benchmark compares (``versions``)."""
-    try:
-        from .results import provenance as results_provenance
-    except ImportError:
-        base = {**_fallback_provenance(device), "source": "batchcam.bench fallback"}
-    else:
-        base = {**results_provenance(device), "source": "batchcam.results.provenance"}
-    return {**base, "versions": {d: _version(d) for d in BENCH_DISTRIBUTIONS}}
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    """The run records' provenance (:func:`batchcam.results.provenance`) plus the versions of every
+    library the benchmark compares (``versions``)."""
+    return {**run_provenance(device), "source": "batchcam.results.provenance",
+            "versions": {d: _version(d) for d in BENCH_DISTRIBUTIONS}}
 
 
 def environment(device: torch.device) -> dict:
