@@ -39,6 +39,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def bf16_autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (AMP is CUDA-only in this project)."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" \
+        else contextlib.nullcontext()
+
+
 def unknown_choice(kind: str, value: Any, valid: Iterable[str], hint: str = "") -> ValueError:
     """A ValueError naming the bad ``value``, close matches, and every valid choice."""
     valid = list(valid)

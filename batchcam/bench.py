@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._helpers import atomic_write_json, resolve_device, set_seed, unknown_choice
+from ._helpers import bf16_autocast, atomic_write_json, resolve_device, set_seed, unknown_choice
 from .cam import batch_gradcam, batch_gradcam_with_logits, gradcam_loop, normalize_cam, resolve_layer
 from .losses import DISTANCES, batchcam_loss, prototype_loss
 from .models import MODEL_SPECS, create_model
@@ -276,12 +276,9 @@ class Case:
         return tuple(self.x.shape[-2:])
 
     def autocast(self) -> ContextManager:
-        return _autocast(self.x.device, self.amp)
+        return bf16_autocast(self.x.device, self.amp)
 
 
-def _autocast(device: torch.device, enabled: bool) -> ContextManager:
-    """bf16 autocast when ``enabled`` (CUDA runs), else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -601,7 +598,7 @@ def objective_loss(tc: TrainCase, objective: str, distance: str) -> torch.Tensor
 def train_step(tc: TrainCase, objective: str, distance: str) -> torch.Tensor:
     """One optimiser step: zero_grad, forward (+ maps), loss, backward, step."""
     tc.optimizer.zero_grad(set_to_none=True)
-    with _autocast(tc.x.device, tc.amp):
+    with bf16_autocast(tc.x.device, tc.amp):
         loss = objective_loss(tc, objective, distance)
     loss.backward()
     tc.optimizer.step()

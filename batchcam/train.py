@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._helpers import atomic_torch_save, resolve_device, set_seed, unknown_choice
+from ._helpers import bf16_autocast, atomic_torch_save, resolve_device, set_seed, unknown_choice
 from .cam import batch_gradcam_with_logits, gradcam_loop
 from .data import DATASETS, TensorLoader, load_split
 from .losses import DISTANCES, batchcam_loss, prototype_loss
@@ -152,9 +152,6 @@ class Run:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
 
 
 def _clock(device: torch.device) -> float:
@@ -242,7 +239,7 @@ def loss_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prototypes: t
         ``(terms, logits)``: ``terms`` holds scalar tensors ``"ce"``, ``"proto"`` and ``"batchcam"``
         (only those in the objective) and ``"total"``; logits [B, C] (float32).
     """
-    with _autocast(x.device, amp):
+    with bf16_autocast(x.device, amp):
         if config.terms == ("ce",):  # the baseline pays nothing for Grad-CAM
             cam, logits = None, model(x)
         else:  # one forward: logits for the CE, differentiable maps [B, S, S] for the CAM losses
@@ -317,7 +314,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, proto
     with _eval_mode(model):
         for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
             t0 = _clock(device)
-            with _autocast(device, amp):
+            with bf16_autocast(device, amp):
                 cam, logits = batch_gradcam_with_logits(model, x, layer, y)
             cam_time += _clock(device) - t0
             correct = correct + (logits.argmax(1) == y).sum()
@@ -347,7 +344,7 @@ def time_gradcam(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
     loader = TensorLoader(images[:n], labels[:n], batch_size, image_size=image_size, device=device,
                           channels_last=_is_channels_last(model))
     elapsed = 0.0
-    with _eval_mode(model), _autocast(device, amp):
+    with _eval_mode(model), bf16_autocast(device, amp):
         x, y = next(iter(loader))
         gradcam_loop(model, x[:2], layer, y[:2])  # warm-up
         for x, y in loader:
