@@ -55,8 +55,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     mh = _blur_matrix(h, dtype, a.device)
     mw = _blur_matrix(w, dtype, a.device)
     with torch.autocast(device_type=a.device.type, enabled=False):
-        x = torch.stack((a, b, a * a, b * b, a * b))  # [5, B, H, W]
-        mu_a, mu_b, e_aa, e_bb, e_ab = mh @ x @ mw.T
+        if b.requires_grad:
+            mu_a, mu_b, e_aa, e_bb, e_ab = mh @ torch.stack((a, b, a * a, b * b, a * b)) @ mw.T
+        else:  # the usual loss case (b = prototype or class mean): b's blurs need no backward
+            mu_a, e_aa, e_ab = mh @ torch.stack((a, a * a, a * b)) @ mw.T
+            with torch.no_grad():
+                mu_b, e_bb = mh @ torch.stack((b, b * b)) @ mw.T
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     mu_aa, mu_bb, mu_ab = mu_a * mu_a, mu_b * mu_b, mu_a * mu_b
     var_a = (e_aa - mu_aa).clamp_min(0.0)

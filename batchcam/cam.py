@@ -102,8 +102,8 @@ def normalize_cam(cam: torch.Tensor, normalize: Optional[str] = "max") -> torch.
     if normalize == "minmax":
         lo = flat.amin(1).view(-1, 1, 1)
         cam, hi = cam - lo, hi - lo
-    safe = torch.where(hi > 0, hi, torch.ones_like(hi))
-    return torch.where(hi > 0, cam / safe, torch.zeros_like(cam))
+    # x / inf = 0: one full-size op, and no NaN in the backward (the gradient into inf is 0)
+    return cam / torch.where(hi > 0, hi, torch.full_like(hi, float("inf")))
 
 
 def _cam_from(acts: torch.Tensor, grads: torch.Tensor, size: tuple[int, int], normalize: Optional[str]) -> torch.Tensor:
