@@ -112,12 +112,12 @@ class BenchConfig:
     distances: tuple[str, ...] = DISTANCES
     reps: int = 5  # timed repetitions per method (median reported)
     warmup: int = 1  # untimed calls per method first
-    min_rep_s: float = 0.05  # a repetition of a fast call repeats it until it lasts this long
-    large_batch: int = 256  # from this batch size on, the per-image loop is timed on fewer reps
-    loop_reps_large: int = 3
+    min_rep_s: float = 0.25  # a repetition of a fast call repeats it until it lasts this long (noise on a shared CPU)
+    large_batch: int = 256  # from this batch size on, the per-image loop gets loop_reps_large reps
+    loop_reps_large: int = 5  # its reps from large_batch on (5: the minimum we report a median of)
     target_batch: int = 64  # batch size at which the speed targets are evaluated
-    max_config_s: float = 150.0  # skip a configuration estimated to take longer
-    budget_s: float = 480.0  # skip what would end the run after this many seconds
+    max_config_s: float = 300.0  # skip a configuration estimated to take longer
+    budget_s: float = 900.0  # skip what would end the run after this many seconds
     memory: bool = True
     device: str = "cpu"
     threads: Optional[int] = None  # torch.set_num_threads for the run (None: leave as it is)
@@ -1006,9 +1006,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, metavar="B", help="training batch size (default 64)")
     parser.add_argument("--distances", nargs="+", choices=DISTANCES, help="default: l1 l2 ssim")
     parser.add_argument("--max-config-seconds", type=float, dest="max_config_s",
-                        help="skip a configuration estimated to take longer (default 150)")
+                        help="skip a configuration estimated to take longer (default 300)")
     parser.add_argument("--budget-seconds", type=float, dest="budget_s",
-                        help="skip configurations that would end the run later than this (default 480)")
+                        help="skip configurations that would end the run later than this (default 900)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads for the run (default: as is)")
     parser.add_argument("--seed", type=int)
