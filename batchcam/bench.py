@@ -50,7 +50,7 @@ from .results import _cpu_name, _version
 from .results import provenance as run_provenance
 
 __all__ = ["BenchConfig", "quick_config", "run_benchmark", "compare_maps", "comparable_maps", "time_side_by_side",
-           "peak_memory_mib", "floor_check", "loop_leak_check", "evaluate_targets", "format_summary",
+           "peak_memory_mib", "measure_memory", "floor_check", "loop_leak_check", "evaluate_targets", "format_summary",
            "add_bench_args", "config_from_args", "run_bench_cli", "main", "METHOD_BUILDERS", "METHODS", "OBJECTIVES",
            "TARGETS"]
 
@@ -226,11 +226,12 @@ def _cpu_peak_probe() -> tuple[bool, str]:
     return ok, "" if ok else "VmHWM missing from /proc/self/status"
 
 
-CPU_MEMORY_METHOD = ("after all timings, glibc malloc set to return every block >= 128 KiB to the OS on free "
-                     "(mallopt M_MMAP_THRESHOLD; its default adaptive threshold made the peak of one call vary "
-                     "10x with the heap's history); then per call: "
+CPU_MEMORY_METHOD = ("in a fresh process per configuration (spawned after all timings, so the heap holds "
+                     "nothing from other runs), glibc malloc set to return every block >= 128 KiB to the OS on "
+                     "free (mallopt M_MMAP_THRESHOLD), one warm-up call per method; then per call: "
                      "peak RSS delta: gc.collect() + malloc_trim(0), read VmRSS, reset the high-water mark "
-                     "(write 5 to /proc/self/clear_refs), one call, read VmHWM; MiB")
+                     "(write 5 to /proc/self/clear_refs), one call, read VmHWM; MiB. Measured in the timing "
+                     "process instead, the loop's peak varied up to 8x with the heap's history")
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated() - memory_allocated() before one call (after reset); MiB"
 
 
@@ -525,17 +526,41 @@ def _ratios(timings: dict[str, dict], base: str) -> dict[str, float]:
     return {name: t["median_ms"] / timings[base]["median_ms"] for name, t in timings.items() if "median_ms" in t}
 
 
-def _memory(methods: dict[str, Method], device: torch.device) -> dict:
-    """Peak extra memory of one call of the floor, the batch and the loop method (see ``peak_memory_mib``)."""
+MEMORY_METHODS = (FLOOR, REFERENCE, "gradcam_loop")
+
+
+def measure_memory(mc: ModelCase, batch: int, cfg: BenchConfig, names: Sequence[str],
+                   device: Optional[torch.device] = None, model: Optional[nn.Module] = None) -> dict:
+    """Peak extra memory of one call of each of ``names`` (the floor, the batch and the loop method) on
+    one configuration (see ``peak_memory_mib``). On CPU this runs in a fresh process (``_in_fresh_process``)."""
+    device = device or torch.device("cpu")
     cuda = device.type == "cuda"
+    _fixed_mmap_threshold(device)
+    model = model if model is not None else _prepare_model(mc, cfg, device, train=False)
+    case = make_case(model, mc, batch, cfg, device)
+    methods = {n: METHOD_BUILDERS[n](case) for n in names}
+    for m in methods.values():
+        m.run()  # warm-up: lazy initialisation is not the method's memory
     available, why = (True, "") if cuda else _cpu_peak_probe()
-    peaks = {n: peak_memory_mib(methods[n].run, device) for n in (FLOOR, REFERENCE, "gradcam_loop") if n in methods}
+    peaks = {n: peak_memory_mib(m.run, device) for n, m in methods.items()}
     out: dict[str, Any] = {"peak_mib": peaks, "method": CUDA_MEMORY_METHOD if cuda else CPU_MEMORY_METHOD}
     if peaks.get("gradcam_loop") and peaks.get(REFERENCE):
         out["loop_over_batch"] = peaks["gradcam_loop"] / peaks[REFERENCE]
     if not available:
         out["unavailable"] = why
     return out
+
+
+def _in_fresh_process(fn: Callable[..., dict], *args: Any) -> dict:
+    """``fn(*args)`` in a newly spawned Python process (same torch thread count); its error is recorded."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ctx.Pool(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+            return pool.apply(fn, args)
+    except Exception as err:  # noqa: BLE001 - a failed measurement must not lose the timings
+        return {"peak_mib": {}, "error": f"{type(err).__name__}: {err}"}
 
 
 def make_case(model: nn.Module, mc: ModelCase, batch: int, cfg: BenchConfig, device: torch.device) -> Case:
@@ -919,14 +944,15 @@ def _run_benchmark(cfg: BenchConfig, write: bool, progress: bool) -> tuple[dict,
                 record["skipped"].append(skip)
             else:
                 record["cam" if job.kind == "cam" else "training"].append(entry)
-    if cfg.memory:  # after every timing: see _fixed_mmap_threshold
-        _fixed_mmap_threshold(device)
+    if cfg.memory:  # after every timing (see CPU_MEMORY_METHOD)
         for entry in tqdm(record["cam"], desc="memory", disable=not progress):
             mc = ModelCase(entry["model"], entry["image_size"])
-            case = make_case(models[mc.label], mc, entry["batch_size"], cfg, device)
-            methods, _ = build_methods(case)
-            timed = {n: m for n, m in methods.items() if "median_ms" in entry["timings"].get(n, {})}
-            entry["memory"] = _memory(timed, device)
+            names = [n for n in MEMORY_METHODS if "median_ms" in entry["timings"].get(n, {})]
+            if device.type == "cuda":
+                entry["memory"] = measure_memory(mc, entry["batch_size"], cfg, names, device,
+                                                 models[mc.label])
+            else:
+                entry["memory"] = _in_fresh_process(measure_memory, mc, entry["batch_size"], cfg, names)
     _sort_entries(record)
     record["environment"]["load_average_end"] = list(os.getloadavg())
     record["wall_s"] = time.perf_counter() - sched.start
