@@ -104,7 +104,7 @@ def _wrong_class_builder(case):
     def run():
         return batch_gradcam(case.model, case.x, case.layer_name, (case.targets + 1) % 10)
 
-    return bench.Method(run, lambda out: {"gradcam_loop": bench._minmax(out)})
+    return bench.Method(run, lambda out: {"gradcam_loop": bench.methods._minmax(out)})
 
 
 def test_a_wrong_method_fails_the_check_and_the_cli_exit_code(monkeypatch, tmp_path, capsys):
@@ -138,7 +138,7 @@ def test_missing_library_is_skipped_with_a_reason(monkeypatch):
         raise bench.MethodUnavailable("captum is not installed; pip install captum")
 
     monkeypatch.setitem(bench.METHOD_BUILDERS, "captum", unavailable)
-    model = bench._prepare_model(bench.ModelCase.parse("simplecnn"), bench.quick_config(), torch.device("cpu"), False)
+    model = bench.cam._prepare_model(bench.ModelCase.parse("simplecnn"), bench.quick_config(), torch.device("cpu"), False)
     case = bench.make_case(model, bench.ModelCase.parse("simplecnn"), 2, bench.quick_config(), torch.device("cpu"))
     methods, skipped = bench.build_methods(case)
     assert "captum" not in methods and "pip install captum" in skipped["captum"]
@@ -178,7 +178,7 @@ def test_cli_options_build_the_config():
 
 def test_model_is_built_for_the_benchmarked_size():
     mc = bench.ModelCase.parse("simplecnn:16")  # SimpleCNN's linear head depends on the input size
-    model = bench._prepare_model(mc, bench.quick_config(), torch.device("cpu"), train=False)
+    model = bench.cam._prepare_model(mc, bench.quick_config(), torch.device("cpu"), train=False)
     case = bench.make_case(model, mc, 3, bench.quick_config(), torch.device("cpu"))
     assert bench.METHOD_BUILDERS["batch_gradcam"](case).run().shape == (3, 16, 16)
 
