@@ -187,3 +187,15 @@ def test_package_import_does_not_import_optional_libraries():
     code = ("import sys, batchcam, batchcam.bench; "
             "assert not {'captum', 'pytorch_grad_cam', 'cv2'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_m_batchcam_bench_with_memory_in_spawned_workers(tmp_path):
+    """``python -m batchcam.bench`` end to end, memory included (measured in spawned worker processes):
+    exactly one record, with the loop's peak measured."""
+    out = subprocess.run([sys.executable, "-m", "batchcam.bench", "--quick", "--batch-sizes", "2",
+                          "--train-models", "--reps", "1", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path,) = tmp_path.glob("bench-*.json")
+    (entry,) = json.loads(path.read_text())["cam"]
+    assert "error" not in entry["memory"] and entry["memory"]["peak_mib"]["gradcam_loop"] is not None
