@@ -1,4 +1,5 @@
-"""SSIM as two small matrix products per statistic — the differentiable ``"ssim"`` distance (chapter 5).
+"""SSIM as two small matrix products per statistic — the differentiable ``"ssim"`` distance (chapter 4
+builds SSIM by hand and compares; chapter 5 trains with it).
 
 Same definition as torchmetrics' ``structural_similarity_index_measure`` with its defaults
 (Gaussian window 11, σ = 1.5, images reflect-padded by 5 px, K1 = 0.01, K2 = 0.03, variances
@@ -7,7 +8,7 @@ and gradients against torchmetrics and against a plain NumPy loop.
 
 Why not call torchmetrics inside the training loop: it runs the Gaussian window as an 11 × 11
 ``conv2d`` on 1-channel maps, and on CPU the backward of that convolution was ~78 % of the time of a
-whole SSIM loss step (torch.profiler, B = 64, 28 px; see issue 6 in the closing notes). The window is
+whole SSIM loss step (torch.profiler, B = 64, 28 px; chapter 3 reports the training-step timings). The window is
 separable and the padding is linear, so "pad, then blur" is ``A_h @ X @ A_wᵀ`` with one fixed [H, H]
 and one [W, W] matrix, which costs a few matrix products forward and backward.
 """
