@@ -39,8 +39,6 @@ class Case:
         return bf16_autocast(self.x.device, self.amp)
 
 
-
-
 @dataclass(frozen=True)
 class Method:
     """A timed call, and how to turn its output into maps comparable with the reference."""

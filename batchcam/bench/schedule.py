@@ -62,6 +62,7 @@ class _Scheduler:
 
     def estimate(self, job: Job, probe: Callable[[], float]) -> float:
         """Seconds the job would take: scaled from an earlier batch size, else from one probe call."""
+        # + 1 for the memory pass at the end (warm-up and one call of three methods, in a fresh process)
         calls = self.cfg.warmup + self.cfg.reps + (job.kind == "cam" and self.cfg.memory)
         n_fns = len(METHOD_BUILDERS) if job.kind == "cam" else len(_train_variants(self.cfg.distances))
         floor = self.cfg.min_rep_s * self.cfg.reps * n_fns

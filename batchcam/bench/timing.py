@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 import torch
 
 
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -100,7 +99,7 @@ CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated() - memory_allocated() bef
 
 def _fixed_mmap_threshold(device: torch.device) -> None:
     """CPU: serve every allocation >= 128 KiB by mmap and unmap it on free, so RSS follows live tensors.
-    Slows allocation down (page faults), so it is set only after the timings (it cannot be undone)."""
+    Slows allocation down (page faults) and cannot be undone, so only the memory worker processes set it."""
     if device.type == "cpu":
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
