@@ -14,16 +14,20 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 REPORTS := _build/test-reports
+# Full-page screenshots of `make browser-test` (empty: none).
+SHOTS   ?= /tmp/shots
 
 # Wall-clock timing of each phase (python3 is the only thing we can rely on).
 CLOCK   := $(PYTHON) -c "import time; print(time.time())"
 ELAPSED := $(PYTHON) -c "import sys, time; print('%.1f s' % (time.time() - float(sys.argv[1])))"
 
-.PHONY: help venv data book test notebooks clean distclean
+.PHONY: help venv data book test browser-test notebooks clean distclean
 
 help:
 	@echo "make book       build the HTML book into _build/html (creates .venv and data/ if needed)"
 	@echo "make test       run tests/ and validate the notebooks with nbval"
+	@echo "make browser-test  build the book, check every page in headless Chromium at 1400 and 390 px"
+	@echo "                (needs: apt-get install chromium); screenshots to SHOTS=$(SHOTS)"
 	@echo "make venv       create .venv and install requirements + the package (editable)"
 	@echo "make data       fetch and verify MNIST / Fashion-MNIST into data/"
 	@echo "make notebooks  re-execute the book's notebooks in place (refresh stored outputs)"
@@ -66,6 +70,16 @@ test: venv data
 	if [ $$rc -ne 0 ]; then status=1; fi; \
 	$(PY) scripts/test_summary.py $(REPORTS)/*.xml || true; \
 	exit $$status
+
+# The built book in a real browser (tests/browser/): raw TeX, MathJax served locally, images,
+# overflow, internal links, Colab links. Playwright drives the system Chromium; missing
+# prerequisites fail here instead of skipping (BATCHCAM_BROWSER_TEST=required).
+browser-test: book
+	@mkdir -p $(REPORTS); t0=$$($(CLOCK)); rc=0; \
+	BATCHCAM_BROWSER_TEST=required BATCHCAM_SHOTS="$(SHOTS)" \
+	  $(PY) -m pytest tests/browser -q --junitxml=$(REPORTS)/browser.xml || rc=$$?; \
+	echo "[make] browser test: $$($(ELAPSED) $$t0) (exit $$rc)$(if $(SHOTS), screenshots in $(SHOTS))"; \
+	exit $$rc
 
 notebooks: venv data
 	@t0=$$($(CLOCK)); \

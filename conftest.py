@@ -1,4 +1,4 @@
-"""Repo-wide pytest configuration.
+"""Repo-wide pytest configuration: the nbval sanitiser hook and the fixtures the package tests share.
 
 Wires the nbval sanitiser into every run, so that the literal command
 `pytest --nbval book/` (from any working directory) masks the outputs that legitimately
@@ -9,10 +9,20 @@ the absolute path is set here instead. An explicit `--nbval-sanitize-with FILE` 
 Under nbval it also gives the notebook kernel (which inherits this process's
 environment) the seeded environment that scripts/refresh_notebooks.py used to produce
 the stored outputs, so both runs see the same hash seed.
+
+Fixtures (no test module imports another; what several modules need lives here):
+``synthetic`` (tiny uint8 data), ``fake_data`` (``load_data`` → synthetic), ``tiny_model`` (``fit``
+builds a small GAP network instead of the registry's model), ``tiny_config``, ``TinyNet``,
+``make_record`` (a record without training), ``isolated_results`` (``$BATCHCAM_RESULTS`` → tmp),
+``no_work`` (training, data loading, benchmark and GPU session fail the test if reached) and
+``usage_error`` (run the CLI, expect exit 2 with one line and no traceback).
 """
 
 import os
+import time
 from pathlib import Path
+
+import pytest
 
 NBVAL_SANITIZE_FILE = Path(__file__).resolve().parent / "book" / "nbval_sanitize.cfg"
 
@@ -31,3 +41,209 @@ def pytest_configure(config):
     if getattr(config.option, "nbval", False) or getattr(config.option, "nbval_lax", False):
         for key, value in NOTEBOOK_ENV.items():
             os.environ.setdefault(key, value)
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+def _synthetic_split(n: int, seed: int):
+    """uint8 [n, 1, 28, 28] images of a bright 8×8 square whose position encodes the class (labels
+    ``arange(n) % 10``), on weak noise."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 40, (n, 1, 28, 28), generator=g)
+    for i, c in enumerate(labels.tolist()):
+        r, col = 2 + 5 * (c // 4), 2 + 6 * (c % 4)
+        images[i, 0, r:r + 8, col:col + 8] += 180
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def _fake_load_data(config):
+    """``batchcam.train.load_data`` on synthetic data (training subset follows the seed, test fixed)."""
+    return _synthetic_split(config.n_train or 96, config.seed), _synthetic_split(config.n_test or 48, 1000)
+
+
+@pytest.fixture
+def synthetic():
+    """``synthetic(n, seed)`` → (uint8 [n, 1, 28, 28], int64 [n]) with labels ``arange(n) % 10``."""
+    return _synthetic_split
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """``fit`` and ``gpu-run`` load tiny synthetic data instead of MNIST."""
+    import batchcam.gpu
+    import batchcam.train
+
+    monkeypatch.setattr(batchcam.train, "load_data", _fake_load_data)
+    monkeypatch.setattr(batchcam.gpu, "load_data", _fake_load_data)
+    return _fake_load_data
+
+
+def _tiny_net_class():
+    from torch import nn
+
+    class TinyNet(nn.Module):
+        """conv → BatchNorm → ReLU → ``features`` (conv → ReLU) → GAP → LayerNorm → linear.
+
+        The target layer ``features`` is followed only by per-sample operations (pooling, LayerNorm,
+        linear), so batch Grad-CAM is exact; the LayerNorm makes α depend on the input.
+        """
+
+        def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 6) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+            self.features = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU())
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(2 * width),
+                                      nn.Linear(2 * width, num_classes))
+
+        def forward(self, x):
+            return self.head(self.features(self.stem(x)))
+
+    return TinyNet
+
+
+@pytest.fixture
+def TinyNet():  # noqa: N802 - a class
+    """A small network whose Grad-CAM layer is ``features`` (like SimpleCNN's default)."""
+    return _tiny_net_class()
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """``fit`` (and ``load_checkpoint``) build ``TinyNet`` instead of the registry's model: the
+    training engine is tested without paying for a real network. Validation still uses the real one."""
+    import batchcam.train
+
+    net = _tiny_net_class()
+    monkeypatch.setattr(batchcam.train, "create_model", lambda name, num_classes=10, in_chans=1, image_size=None:
+                        net(num_classes, in_chans))
+    return net
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """``tiny_config(**overrides)``: a CPU ``TrainConfig`` of 2 epochs on 96 / 48 images in ``tmp_path``,
+    with small evaluation samples (per-image loop timing, faithfulness)."""
+    import dataclasses
+
+    from batchcam.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+
+    def make(**kw):
+        base = dict(n_train=96, n_test=48, epochs=2, batch_size=32, device="cpu", out_dir=str(tmp_path / "out"),
+                    eval_cam_loop_samples=4, eval_faithfulness_samples=8)
+        return TrainConfig(**{k: v for k, v in {**base, **kw}.items() if k in names or k in kw})
+
+    return make
+
+
+# --------------------------------------------------------------------------- records
+
+
+@pytest.fixture
+def make_record():
+    """``make_record(config=None, *, size=None, final=None, provenance=None, seed_maps=0, **config_kw)`` →
+    ``(record, tensors)`` as ``batchcam.results.record_from_run`` builds them for a finished run, without
+    training: the metrics come from a real ``ReconstructionMeter`` on random maps, then ``final`` and
+    ``provenance`` entries are overridden. Default config: CPU, ``n_train=10``, ``out_dir`` unused."""
+    import torch
+
+    from batchcam.config import TrainConfig
+    from batchcam.metrics import BASELINES, ReconstructionMeter, baseline_maps
+    from batchcam.results import record_from_run
+    from batchcam.train import Run
+
+    def make(config=None, *, size=None, final=None, provenance=None, seed_maps=0, **config_kw):
+        if config is None:
+            config = TrainConfig(**{"device": "cpu", "n_train": 10, "out_dir": "unused", **config_kw})
+        config = config.resolved()
+        s = size or config.image_size
+        g = torch.Generator().manual_seed(seed_maps)
+        protos = torch.rand(10, s, s, generator=g)
+        maps, images = torch.rand(20, s, s, generator=g), torch.rand(20, s, s, generator=g)
+        maps[0] = 0
+        y = torch.arange(20) % 10
+        meters = {k: ReconstructionMeter(protos) for k in ("maps",) + BASELINES}
+        meters["maps"].update(maps, y, images, maps.flatten(1).amax(1) <= 0)
+        for kind in BASELINES:
+            b = baseline_maps(kind, images)
+            meters[kind].update(b, y, images, b.flatten(1).amax(1) <= 0)
+        evaluation = {"accuracy": 0.9, "maps": meters["maps"].compute(),
+                      "baselines": {k: meters[k].compute() for k in BASELINES},
+                      "gradcam_time_s": 0.1, "samples": 20}
+        history = [{"epoch": e + 1, "train_total": 1.0 / (e + 1), "train_ce": 1.0 / (e + 1), "train_accuracy": 0.5,
+                    "test_accuracy": 0.9, "test_l1": 0.2, "test_ssim": 0.3, "test_dead_fraction": 0.05,
+                    "train_time_s": 2.0, "eval_time_s": 0.5} for e in range(config.epochs)]
+        run = Run(config=config, model=None, history=history, evaluation=evaluation, prototypes=protos,
+                  average_reconstruction=meters["maps"].average_reconstruction(),
+                  timings={"train_time_per_epoch_s": 2.0 if history else None, "gradcam_batch_s": 0.1,
+                           "gradcam_batch_samples": 20, "gradcam_loop_s": 0.3, "gradcam_loop_samples": 4,
+                           "gradcam_loop_s_scaled": 1.5, "resumed_from_epoch": None, "session_wall_s": 9.0},
+                  runtime={"device": "cpu", "device_type": "cpu", "amp": False, "channels_last": False,
+                           "cudnn_benchmark": False, "torch_threads": 1})
+        record, tensors = record_from_run(run)
+        record["final"].update(final or {})
+        record["provenance"].update(provenance or {})
+        return record, tensors
+
+    return make
+
+
+@pytest.fixture
+def isolated_results(monkeypatch, tmp_path):
+    """``$BATCHCAM_RESULTS`` → ``tmp_path / "results"``: nothing reads or writes the committed records."""
+    root = tmp_path / "results"
+    monkeypatch.setenv("BATCHCAM_RESULTS", str(root))
+    return root
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def no_work(monkeypatch, isolated_results):
+    """Training, data loading, the benchmark and the GPU session's smoke test fail the test if reached."""
+    import batchcam.bench
+    import batchcam.cli
+    import batchcam.gpu
+    import batchcam.train
+
+    def forbidden(what):
+        def fail(*args, **kwargs):
+            pytest.fail(f"{what} was reached: the error must come before any work")
+        return fail
+
+    for module, name in ((batchcam.cli, "fit"), (batchcam.train, "fit"), (batchcam.gpu, "fit"),
+                         (batchcam.train, "load_data"), (batchcam.gpu, "load_data"),
+                         (batchcam.gpu, "smoke_test"), (batchcam.bench, "run_benchmark")):
+        monkeypatch.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
+    return isolated_results
+
+
+@pytest.fixture
+def usage_error(capsys):
+    """``usage_error(argv, *needles)`` runs ``batchcam.cli.main(argv)`` and checks that it exits 2 with
+    one line ``... batchcam <command>: error: ...`` on stderr holding every needle, and no traceback.
+    Returns ``(line, seconds)``."""
+    from batchcam import cli
+
+    def check(argv, *needles):
+        capsys.readouterr()
+        t0 = time.perf_counter()
+        code = cli.main(list(argv))
+        elapsed = time.perf_counter() - t0
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2, err
+        assert len(lines) == 1, err
+        assert f"batchcam {argv[0]}: error: " in lines[0], err
+        assert "Traceback" not in err
+        for needle in needles:
+            assert needle in lines[0], lines[0]
+        return lines[0], elapsed
+
+    return check

@@ -41,7 +41,7 @@ def _blur_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM of maps ``a`` and ``b``, both [B, 1, H, W] with H, W ≥ 11 → [B].
+    """Per-image SSIM of maps ``a`` and ``b``, both [B, H, W] with H, W ≥ 11 → [B].
 
     Differentiable with respect to both inputs. Matches torchmetrics (defaults above) to ~1e-6 in
     float32. 16-bit inputs are computed in float32 (the result is float32).
@@ -52,7 +52,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
                          f"got {h}×{w}. Use the l1 or l2 distance for smaller maps.")
     # E[x²] − E[x]² cancels badly in 16-bit floats: always compute in float32 or wider, autocast off
     dtype = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
-    a, b = a[:, 0].to(dtype), b[:, 0].to(dtype)
+    a, b = a.to(dtype), b.to(dtype)
     mh = _blur_matrix(h, dtype, a.device)
     mw = _blur_matrix(w, dtype, a.device)
     with torch.autocast(device_type=a.device.type, enabled=False):

@@ -1,107 +1,182 @@
-"""Distances between maps and the two losses of the paper: Prototype Loss and Batch-CAM Loss.
+"""Distances between maps, the two losses of the paper, and THE training objective.
 
-Explained in chapter 5. Maps ("reconstructions") are the normalised Grad-CAM maps ``R`` [B, H, W]
-(or [B, 1, H, W]) in [0, 1].
+Explained in chapter 5. Maps ("reconstructions") ``R`` and prototypes ``P`` share one shape,
+[N, H, W], values in [0, 1]. :func:`objective_loss` is the only place where the loss of a
+training step is put together: training (``batchcam.train``), the benchmark
+(``batchcam.bench``) and the book all call it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ._helpers import unknown_choice
+from ._helpers import bf16_autocast, unknown_choice
 from ._ssim import ssim
+from .cam import batch_gradcam_with_logits
 
-__all__ = ["DISTANCES", "distance", "prototype_loss", "batchcam_loss"]
+__all__ = ["DISTANCES", "OBJECTIVES", "Objective", "distance", "prototype_loss", "batchcam_loss",
+           "objective_loss"]
 
 DISTANCES = ("l1", "l2", "ssim")
+OBJECTIVES = ("ce", "ce+proto", "ce+batchcam", "ce+proto+batchcam")
+CAM_TERMS = ("proto", "batchcam")
 
-
-def as_maps(x: torch.Tensor, what: str = "recon") -> torch.Tensor:
-    """View [B, H, W] or [B, 1, H, W] as [B, 1, H, W]."""
-    if x.dim() == 3:
-        return x.unsqueeze(1)
-    if x.dim() == 4 and x.shape[1] == 1:
-        return x
-    raise ValueError(f"{what} must be [B, H, W] or [B, 1, H, W], got shape {tuple(x.shape)}")
-
-
-def check_targets(targets: torch.Tensor, batch: int, num_classes: int | None = None) -> torch.Tensor:
-    """Targets as int64 [B]; raises if the length or the range is wrong."""
-    t = torch.as_tensor(targets)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"targets must be integer class indices, got dtype {t.dtype}")
-    t = t.long().reshape(-1)
-    if t.numel() != batch:
-        raise ValueError(f"targets has {t.numel()} entries but the batch has {batch} maps")
-    if num_classes is not None and t.numel() and (t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"targets must lie in [0, {num_classes - 1}] ({num_classes} prototypes), "
-                         f"got min {int(t.min())}, max {int(t.max())}")
-    return t
+#: ``reduce(sums [C, H, W], counts [C])`` sums both in place over processes (DDP); None: one process.
+Reduce = Optional[Callable[[torch.Tensor, torch.Tensor], None]]
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """Per-sample distance between maps ``a`` and ``b`` ([B, H, W] or [B, 1, H, W]) → [B].
+    """Per-sample distance between maps ``a`` and ``b``, both [B, H, W] → [B] (chapter 5).
 
-    ``"l1"``: mean absolute difference; ``"l2"``: mean squared difference; ``"ssim"``: ``1 − SSIM``
-    (torchmetrics' definition: Gaussian window 11, σ = 1.5, reflect padding, data range 1; computed
-    by the separable form in ``batchcam._ssim``, ~20× faster forward + backward on CPU, and
-    checked against torchmetrics in the tests). SSIM needs maps of at least 11 × 11 pixels.
+    ``"l1"``: mean absolute difference; ``"l2"``: mean squared difference; ``"ssim"``:
+    ``1 − SSIM`` (torchmetrics' definition: Gaussian window 11, σ = 1.5, reflect padding, data
+    range 1), computed by the separable form in ``batchcam._ssim`` (chapter 4 builds it by hand;
+    the tests hold it equal to torchmetrics). SSIM needs maps of at least 11 × 11 pixels.
     """
-    if kind not in DISTANCES:
-        raise unknown_choice("distance", kind, DISTANCES)
-    a, b = as_maps(a, "a"), as_maps(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if kind == "l1":
         return (a - b).abs().flatten(1).mean(1)
     if kind == "l2":
         return (a - b).pow(2).flatten(1).mean(1)
-    return 1.0 - ssim(a, b, data_range=1.0)
+    if kind == "ssim":
+        return 1.0 - ssim(a, b, data_range=1.0)
+    raise unknown_choice("distance", kind, DISTANCES)
 
 
 def prototype_loss(recon: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
-                   distance: str = "l1") -> torch.Tensor:
+                   kind: str = "l1") -> torch.Tensor:
     """Prototype Loss ``L_P = mean_b d(R_b, P_{t_b})`` (chapter 5).
 
     Args:
-        recon: maps [B, H, W] or [B, 1, H, W].
-        prototypes: class prototypes [C, 1, H, W] (from :func:`batchcam.class_prototypes`, same H, W).
-        targets: class per sample, int [B] in [0, C).
-        distance: ``"l1"``, ``"l2"`` or ``"ssim"``.
+        recon: maps ``R`` [B, H, W].
+        prototypes: class prototypes ``P`` [C, H, W] (:func:`batchcam.class_prototypes`).
+        targets: class per sample, int64 [B] in [0, C).
+        kind: the distance ``d``: ``"l1"``, ``"l2"`` or ``"ssim"``.
     Returns:
-        A scalar tensor.
+        A scalar tensor; 0 for an empty batch.
     """
-    r = as_maps(recon)
-    if prototypes.dim() != 4 or prototypes.shape[1] != 1:
-        raise ValueError(f"prototypes must be [C, 1, H, W], got {tuple(prototypes.shape)}")
-    if prototypes.shape[-2:] != r.shape[-2:]:
-        raise ValueError(f"prototypes are {tuple(prototypes.shape[-2:])} but maps are {tuple(r.shape[-2:])}; "
-                         "build them at the training image size (class_prototypes(..., size=H))")
-    t = check_targets(targets, r.shape[0], prototypes.shape[0]).to(r.device)
-    return _distance(r, prototypes.to(r)[t], distance).mean()
+    if recon.shape[0] == 0:
+        return recon.sum()
+    return distance(recon, prototypes.to(recon)[targets], kind).mean()
 
 
-def batchcam_loss(recon: torch.Tensor, targets: torch.Tensor, distance: str = "l1") -> torch.Tensor:
+def class_means(recon: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                reduce: Reduce = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached mean map per class of the batch ``R̄`` [C, H, W] and the class counts [C] (chapter 5).
+
+    Fixed-size sums (no ``torch.unique``), so nothing waits for the GPU; with ``reduce`` the sums
+    and counts are first summed over every process, giving the means of the global batch (DDP).
+    """
+    r = recon.detach()
+    sums = torch.zeros((num_classes,) + tuple(r.shape[1:]), dtype=r.dtype, device=r.device)
+    sums.index_add_(0, targets, r)
+    counts = torch.zeros(num_classes, dtype=r.dtype, device=r.device)
+    counts.index_add_(0, targets, torch.ones_like(targets, dtype=r.dtype))
+    if reduce is not None:
+        reduce(sums, counts)
+    return sums / counts.clamp_min(1).view(-1, 1, 1), counts
+
+
+def batchcam_loss(recon: torch.Tensor, targets: torch.Tensor, kind: str = "l1", *,
+                  num_classes: Optional[int] = None, reduce: Reduce = None) -> torch.Tensor:
     """Batch-CAM Loss ``L_B = mean_b d(R_b, sg(R̄_{t_b}))`` (chapter 5).
 
-    ``R̄_c`` is the mean map of the samples of class ``c`` in this batch, treated as a constant
-    (stop-gradient). A class with one sample in the batch contributes 0 (it would be compared with
-    itself); the mean is still over all B samples.
+    ``R̄_c`` is the mean map of the samples of class ``c`` in the batch, a constant (stop-gradient).
+    A class with one sample in the (global) batch contributes 0 (it would be compared with
+    itself); the mean is over all B samples. All-zero maps are a trivial minimiser (chapter 5).
 
     Args:
-        recon: maps [B, H, W] or [B, 1, H, W].
-        targets: class per sample, int [B].
-        distance: ``"l1"``, ``"l2"`` or ``"ssim"``.
+        recon: maps [B, H, W].
+        targets: class per sample, int64 [B].
+        kind: ``"l1"``, ``"l2"`` or ``"ssim"``.
+        num_classes: C; default ``targets.max() + 1`` (that reads a value: pass it in training).
+        reduce: see :func:`class_means` (DDP).
     Returns:
-        A scalar tensor.
+        A scalar tensor; 0 for an empty batch.
     """
-    r = as_maps(recon)
-    t = check_targets(targets, r.shape[0]).to(r.device)
-    classes, inverse, counts = torch.unique(t, return_inverse=True, return_counts=True)
-    sums = torch.zeros((len(classes),) + tuple(r.shape[1:]), dtype=r.dtype, device=r.device)
-    means = sums.index_add_(0, inverse, r.detach()) / counts.view(-1, 1, 1, 1).to(r.dtype)
-    d = _distance(r, means[inverse], distance)
-    return (d * (counts[inverse] > 1).to(d.dtype)).mean()
+    if recon.shape[0] == 0:
+        return recon.sum()
+    c = int(targets.max()) + 1 if num_classes is None else num_classes
+    means, counts = class_means(recon, targets, c, reduce)
+    d = distance(recon, means[targets], kind)
+    return (d * (counts[targets] > 1).to(d.dtype)).mean()
 
 
-_distance = distance  # the losses' ``distance`` argument shadows the function name inside them
+@dataclass(frozen=True)
+class Objective:
+    """``L = CE + λ_P·L_P + λ_B·L_B`` as data: the CAM terms and their weights (chapter 5).
+
+    ``weights`` maps ``"proto"`` / ``"batchcam"`` to λ; a term absent (or λ = 0 given by name)
+    is not computed. ``distance`` is the ``d`` of both terms; ``num_classes`` sizes the class means.
+    """
+
+    weights: tuple[tuple[str, float], ...] = ()
+    distance: str = "l1"
+    num_classes: int = 10
+
+    @classmethod
+    def from_name(cls, name: str, distance: str = "l1", lambda_proto: float = 1.0,
+                  lambda_batchcam: float = 1.0, num_classes: int = 10) -> "Objective":
+        """``Objective.from_name("ce+proto+batchcam", "ssim", 1.0, 0.3)``; names in ``OBJECTIVES``."""
+        if name not in OBJECTIVES:
+            raise unknown_choice("objective", name, OBJECTIVES)
+        if distance not in DISTANCES:
+            raise unknown_choice("distance", distance, DISTANCES)
+        lam = {"proto": lambda_proto, "batchcam": lambda_batchcam}
+        terms = name.split("+")[1:]
+        return cls(tuple((t, float(lam[t])) for t in terms), distance, num_classes)
+
+    @property
+    def name(self) -> str:
+        """``"ce"``, ``"ce+proto"``, ... (the terms, whatever their weights)."""
+        return "+".join(("ce",) + tuple(t for t, _ in self.weights))
+
+    @property
+    def needs_cam(self) -> bool:
+        """Whether a step must compute the differentiable maps (``create_graph=True``)."""
+        return bool(self.weights)
+
+
+def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                   layer: str, prototypes: Optional[torch.Tensor] = None, amp: bool = False,
+                   reduce: Reduce = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The loss of one training batch, term by term (chapter 5).
+
+    One forward gives the logits for the cross-entropy and, when the objective has a CAM term,
+    the differentiable batch Grad-CAM maps ``R`` [B, H, W] (``create_graph=True``, chapter 3);
+    ``ce`` alone runs a plain ``model(x)`` and pays nothing for the maps. The forward may run
+    under bf16 autocast (``amp``, CUDA only); the losses are computed in float32. Inputs are
+    trusted (validated once by ``TrainConfig``): nothing here reads a tensor value, so a step
+    never waits for the GPU.
+
+    Args:
+        objective: the terms and their λ.
+        model: in train mode; x: images [B, 1, H, W] in [0, 1]; y: labels int64 [B].
+        layer: the Grad-CAM layer (dotted name); prototypes: [C, H, W] on ``x``'s device.
+        reduce: DDP sum of the Batch-CAM class means (:func:`class_means`).
+    Returns:
+        ``(terms, logits)``: scalar tensors ``"ce"``, one per CAM term and ``"total"``;
+        logits [B, C] float32.
+    """
+    with bf16_autocast(x.device, amp):
+        if objective.needs_cam:
+            cam, logits = batch_gradcam_with_logits(model, x, layer, y, create_graph=True)
+        else:
+            cam, logits = None, model(x)
+    logits = logits.float()
+    terms = {"ce": F.cross_entropy(logits, y)}
+    total = terms["ce"]
+    for term, lam in objective.weights:
+        r = cam.float()
+        if term == "proto":
+            terms[term] = prototype_loss(r, prototypes, y, objective.distance)
+        else:
+            terms[term] = batchcam_loss(r, y, objective.distance, num_classes=objective.num_classes,
+                                        reduce=reduce)
+        total = total + lam * terms[term]
+    terms["total"] = total
+    return terms, logits

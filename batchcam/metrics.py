@@ -1,71 +1,103 @@
-"""Evaluation: accuracy and reconstruction quality (L1, L2, SSIM against the class prototype).
+"""Evaluation of maps: reconstruction quality with its baselines, dead maps, coherence (chapter 4).
 
-Explained in chapter 4. "Reconstruction quality" compares each test map ``R_b`` (targets = true
-labels) with ``P_{y_b}``: L1 and L2 are distances (lower is better), SSIM is a similarity (higher
-is better). The meter also keeps the average map per class, the paper's Figures 2–7.
+"Reconstruction quality" compares each test map ``R_b`` (targets = true labels) with ``P_{y_b}``:
+L1 and L2 are distances (lower is better), SSIM a similarity (higher is better). Alone these
+numbers mean little: an all-zero map scores well against dim prototypes, so every evaluation
+also scores two baselines with the same code (:func:`baseline_maps`: the blank map and the input
+image itself) and counts dead maps (all zero before normalisation). Coherence, the within-class
+dispersion of the maps, comes with an input-dependence measure (correlation of each map with its
+own image and with its class prototype), so a class template cannot win coherence for free.
+All maps, images and prototypes are [N, H, W].
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-from .losses import as_maps, check_targets, distance
+from .losses import distance
 
-__all__ = ["accuracy", "ReconstructionMeter", "reconstruction_quality"]
+__all__ = ["ReconstructionMeter", "reconstruction_quality", "baseline_maps", "BASELINES"]
+
+BASELINES = ("blank", "input")
 
 
 def _ssim_torchmetrics(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM [B] of [B, 1, H, W] maps by torchmetrics (the reported metric; the training
+    """Per-image SSIM [B] of [B, H, W] maps by torchmetrics (the reported metric; the training
     loss uses the equal, faster separable form in ``batchcam._ssim``)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return structural_similarity_index_measure(a, b.to(a.dtype), data_range=1.0, reduction="none")
+    return structural_similarity_index_measure(a[:, None], b[:, None].to(a.dtype), data_range=1.0,
+                                               reduction="none")
 
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of correct argmax predictions; logits [B, C], targets [B]."""
-    return (logits.argmax(1) == targets).float().mean().item()
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Pearson correlation [B] of [B, H, W] maps; 0 where one of them is constant."""
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    den = (a.norm(dim=1) * b.norm(dim=1))
+    return torch.where(den > 0, (a * b).sum(1) / den.clamp_min(1e-30), torch.zeros_like(den))
+
+
+def baseline_maps(kind: str, images: torch.Tensor) -> torch.Tensor:
+    """Maps a trivial explainer would give, [B, H, W] (chapter 4): ``"blank"`` all zeros,
+    ``"input"`` the image itself divided by its max. ``images``: float [B, H, W] in [0, 1]."""
+    if kind == "blank":
+        return torch.zeros_like(images)
+    if kind == "input":
+        peak = images.flatten(1).amax(1).view(-1, 1, 1)
+        return images / torch.where(peak > 0, peak, torch.ones_like(peak))
+    raise ValueError(f"unknown baseline {kind!r}; valid: {BASELINES}")
 
 
 class ReconstructionMeter:
-    """Streams reconstruction quality over many batches.
+    """Streams reconstruction quality, dead maps and coherence over many batches (chapter 4).
 
-    ``update(recon [B, H, W], targets [B])`` accumulates per-class sums of L1, L2 and SSIM against
-    ``prototypes`` [C, 1, H, W] and the per-class sum of maps; ``compute()`` returns the dict of
-    :func:`reconstruction_quality`; ``average_reconstruction()`` returns [C, H, W].
+    ``update(maps [B, H, W] in [0, 1], targets int64 [B], images [B, H, W], dead bool [B])``;
+    ``compute()`` returns overall means and per-class values; ``average_reconstruction()`` the
+    mean map per class [C, H, W] (the paper's Figures 2–7). ``prototypes``: [C, H, W].
     """
+
+    KEYS = ("l1", "l2", "ssim", "dead", "corr_image", "corr_prototype", "sq")
 
     def __init__(self, prototypes: torch.Tensor) -> None:
         self.prototypes = prototypes
         c = prototypes.shape[0]
-        self.sums = {k: torch.zeros(c, dtype=torch.float64) for k in ("l1", "l2", "ssim")}
+        self.sums = {k: torch.zeros(c, dtype=torch.float64) for k in self.KEYS}
         self.count = torch.zeros(c, dtype=torch.float64)
         self.map_sum = torch.zeros((c,) + tuple(prototypes.shape[-2:]), dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, recon: torch.Tensor, targets: torch.Tensor) -> None:
-        r = as_maps(recon).float()
-        if r.shape[-2:] != self.prototypes.shape[-2:]:
-            raise ValueError(f"maps are {tuple(r.shape[-2:])} but prototypes {tuple(self.prototypes.shape[-2:])}")
-        t = check_targets(targets, r.shape[0], self.prototypes.shape[0]).to(r.device)
-        p = self.prototypes.to(r)[t]
-        t_cpu = t.cpu()
-        for kind in ("l1", "l2"):
-            self.sums[kind].index_add_(0, t_cpu, distance(r, p, kind).double().cpu())
-        self.sums["ssim"].index_add_(0, t_cpu, _ssim_torchmetrics(r, p).double().cpu())
-        self.count.index_add_(0, t_cpu, torch.ones_like(t_cpu, dtype=torch.float64))
-        self.map_sum.index_add_(0, t_cpu, r[:, 0].double().cpu())
+    def update(self, maps: torch.Tensor, targets: torch.Tensor, images: torch.Tensor,
+               dead: torch.Tensor) -> None:
+        r = maps.float()
+        p = self.prototypes.to(r)[targets]
+        values = {"l1": distance(r, p, "l1"), "l2": distance(r, p, "l2"), "ssim": _ssim_torchmetrics(r, p),
+                  "dead": dead.to(r.dtype), "corr_image": _pearson(r, images.to(r)),
+                  "corr_prototype": _pearson(r, p), "sq": r.pow(2).flatten(1).mean(1)}
+        t = targets.cpu()
+        for k, v in values.items():
+            self.sums[k].index_add_(0, t, v.double().cpu())
+        self.count.index_add_(0, t, torch.ones_like(t, dtype=torch.float64))
+        self.map_sum.index_add_(0, t, r.double().cpu())
 
     def compute(self) -> dict:
+        """``{"l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
+        "per_class": {same keys: [C] lists, "n": [C]}}``; dispersion is the mean squared distance
+        of a map to its class's mean map."""
         n = self.count.sum().item()
         if n == 0:
             raise RuntimeError("no maps were added to the meter")
-        per_class = {k: (v / self.count.clamp_min(1)).tolist() for k, v in self.sums.items()}
-        per_class["n"] = [int(c) for c in self.count.tolist()]
-        out = {k: v.sum().item() / n for k, v in self.sums.items()}
-        out["per_class"] = per_class
+        k = self.count.clamp_min(1)
+        mean_map = self.map_sum / k.view(-1, 1, 1)
+        dispersion = (self.sums["sq"] / k - mean_map.pow(2).flatten(1).mean(1)).clamp_min(0)
+        per_class = {name: (self.sums[name] / k).tolist()
+                     for name in ("l1", "l2", "ssim", "corr_image", "corr_prototype")}
+        per_class.update(dead_fraction=(self.sums["dead"] / k).tolist(), dispersion=dispersion.tolist(),
+                         n=[int(c) for c in self.count.tolist()])
+        out = {name: self.sums[name].sum().item() / n
+               for name in ("l1", "l2", "ssim", "corr_image", "corr_prototype")}
+        out.update(dead_fraction=self.sums["dead"].sum().item() / n,
+                   dispersion=(dispersion * self.count).sum().item() / n, per_class=per_class)
         return out
 
     def average_reconstruction(self) -> torch.Tensor:
@@ -73,18 +105,12 @@ class ReconstructionMeter:
         return (self.map_sum / self.count.clamp_min(1).view(-1, 1, 1)).float()
 
 
-def reconstruction_quality(recon: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
-                           num_classes: Optional[int] = None) -> dict:
-    """L1, L2 (lower is better) and SSIM (higher is better) of maps against their class prototypes.
-
-    Args:
-        recon: maps [B, H, W] or [B, 1, H, W] in [0, 1].
-        prototypes: [C, 1, H, W].
-        targets: true labels int [B].
-    Returns:
-        ``{"l1": float, "l2": float, "ssim": float, "per_class": {"l1": [C], "l2": [C], "ssim": [C], "n": [C]}}``;
-        overall values are means over samples, per-class values means over that class's samples.
-    """
-    meter = ReconstructionMeter(prototypes if num_classes is None else prototypes[:num_classes])
-    meter.update(recon, targets)
+def reconstruction_quality(maps: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
+                           images: torch.Tensor | None = None) -> dict:
+    """One-shot :class:`ReconstructionMeter` (chapter 4): maps [B, H, W] in [0, 1] against
+    prototypes [C, H, W] for targets int64 [B]; ``images`` [B, H, W] (default: the maps) feed
+    the input-dependence columns. Dead maps are those that are all zero."""
+    targets = torch.as_tensor(targets).long()
+    meter = ReconstructionMeter(prototypes)
+    meter.update(maps, targets, maps if images is None else images, maps.flatten(1).amax(1) <= 0)
     return meter.compute()

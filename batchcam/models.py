@@ -19,32 +19,34 @@ __all__ = ["SimpleCNN", "create_model", "list_models", "default_target_layer", "
 
 
 class SimpleCNN(nn.Module):
-    """A small CNN for 28×28 greyscale images (our stand-in for the paper's "CNN").
+    """A small CNN for 28×28 greyscale images (our stand-in for the paper's "CNN"; chapter 2).
 
-    ``features`` (the Grad-CAM layer) is three 3×3 conv blocks with one max-pool, so it keeps a
-    14×14 grid for 28-px inputs (sharper maps than 7×7); ``head`` flattens it into one linear
-    layer. BatchNorm sits only *inside* ``features``: nothing after the target layer mixes samples.
-    Our choice, measured: a global-average-pooling head (which makes Grad-CAM equal to CAM) reached
-    only 89–92 % eval-mode MNIST test accuracy after one or two full epochs with Adam (train-mode
-    accuracy ~99 %: its BatchNorm statistics did not carry over), against 97 % after 94 steps for
-    this head. The price of the flatten head is that Grad-CAM's α averages position-specific
-    weights, which can cancel, so some maps are all zero (chapter 4 measures how many).
+    ``features`` (the Grad-CAM layer) is four 3×3 conv + BatchNorm + ReLU blocks with one
+    max-pool: a 14×14 grid for 28-px inputs, receptive field 16 px (with three blocks, 12 px,
+    the pooled features saw only parts of a digit and test accuracy stayed near 98 %).
+    ``head`` is global average pooling and one linear layer (CAM's setting). As with any linear head, ``∂z_c/∂A_kij = W_ck / (h·w)``
+    for every input, so α is a constant per class and Grad-CAM is ``ReLU(CAM_c) / (h·w)``; the
+    map depends on the input through the features ``A``. What the head changes: CAM decomposes
+    the logit, ``z_c = b_c + mean_ij CAM_c``, so the map of a class the model predicts has
+    positive mass. (A flatten + linear head averages position-specific weights into α, which can
+    cancel: it left 37 % of the maps all zero.) Nothing after ``features`` mixes samples. Its
+    BatchNorm statistics are recomputed after each epoch (``batchcam.train.recalibrate_batchnorm``),
+    which closes a train/eval accuracy gap of several points.
 
     Shapes: ``x`` [B, in_chans, S, S] → logits [B, num_classes]; ``features(x)`` [B, 2·width, S/2, S/2].
     """
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, image_size: int = 28) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32) -> None:
         super().__init__()
-        if image_size % 2:
-            raise ValueError(f"SimpleCNN needs an even image_size, got {image_size}")
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
         self.features = nn.Sequential(
-            *block(in_chans, width), nn.MaxPool2d(2), *block(width, 2 * width), *block(2 * width, 2 * width)
+            *block(in_chans, width), nn.MaxPool2d(2), *block(width, 2 * width), *block(2 * width, 2 * width),
+            *block(2 * width, 2 * width),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * (image_size // 2) ** 2, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -79,7 +81,7 @@ class ModelSpec:
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "simplecnn": ModelSpec(lambda n, c, s: SimpleCNN(n, c, image_size=s), "features", 4, 28),
+    "simplecnn": ModelSpec(lambda n, c, s: SimpleCNN(n, c), "features", 4, 28),
     "resnet18": ModelSpec(_resnet18, "layer4", 8, 28),
     "convnextv2_tiny": ModelSpec(_convnextv2_tiny, "stages.3", 32, 112),
 }
@@ -103,8 +105,8 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, image_size
         name: one of :func:`list_models` (``"simplecnn"``, ``"resnet18"``, ``"convnextv2_tiny"``).
         num_classes: size of the logits.
         in_chans: input channels (1 for MNIST / Fashion-MNIST).
-        image_size: input side the model will see (default: the registry's, 28 or 112). Only
-            SimpleCNN depends on it (its linear head); it must be ≥ the architecture's minimum.
+        image_size: input side the model will see (default: the registry's, 28 or 112); it must
+            be ≥ the architecture's minimum (ConvNeXt-V2: 32).
 
     Returns:
         An ``nn.Module`` mapping [B, in_chans, H, W] → [B, num_classes], with attributes

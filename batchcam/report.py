@@ -1,9 +1,14 @@
-"""Tables and verdicts of the reproduction, computed from the run records in ``results/`` (chapter 6).
+"""Tables and verdicts of the reproduction, computed from the records only (chapters 5 and 6).
 
-Nothing here trains: everything is derived from :func:`batchcam.results.load_runs` rows, so a
-table changes when a record is added or removed. For each cell of a table the best available
-scale is used (GPU full data, then CPU full data, then the subsets), and the scale and device
-are shown next to the numbers.
+Nothing here trains. For each (dataset, model, objective) cell the best available scale is used
+(GPU full data, CPU full data, then subsets); baselines (blank map, input image, untrained
+model) sit in the same tables, computed by the same code as the models' numbers.
+
+The verdict rule (chapter 6 states it too): a cell *votes* only with ≥ ``MIN_SEEDS`` seeds at a
+non-smoke scale (full data, or a subset of ≥ ``MIN_SUBSET`` training images); smoke cells are
+shown, never counted. "A beats B" means the difference of means exceeds the larger of the two
+seed standard deviations. A claim is *supported* when it holds in every voting (dataset, model)
+pair, *mixed* when in some, *not supported* when in none, *not testable* without voting pairs.
 """
 
 from __future__ import annotations
@@ -13,48 +18,53 @@ import math
 from collections import defaultdict
 from typing import Iterable, Mapping, Optional, Sequence
 
-__all__ = ["SCALE_PREFERENCE", "aggregate", "Table", "metric_table", "claims"]
+__all__ = ["aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
+           "SCALE_PREFERENCE"]
 
-#: Which records a table cell uses when several scales exist (first match wins).
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
-GROUP = ("dataset", "model", "objective")
+MIN_SEEDS, MIN_SUBSET, COLLAPSE = 3, 10_000, 0.5
+METRICS = ("accuracy", "l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
+           "train_time_per_epoch_s", "blank_l1", "blank_ssim", "input_l1", "input_ssim")
+LOSS_OBJECTIVES = ("ce+proto", "ce+batchcam", "ce+proto+batchcam")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
-def aggregate(rows: Iterable[Mapping], metrics: Sequence[str] = ("accuracy", "l1", "l2", "ssim",
-                                                                   "train_time_per_epoch_s", "gradcam_batch_s",
-                                                                   "gradcam_loop_s_scaled"),
-              distance: str = "l1") -> dict[tuple, dict]:
-    """Mean ± std over seeds per (dataset, model, objective), at the preferred scale.
+def _cell_name(row: Mapping) -> str:
+    return "random model" if row["epochs"] == 0 else row["objective"]
 
-    Only records with the default λ's and the given ``distance`` count (the paper grid). Returns
-    ``{(dataset, model, objective): {"n": seeds, "scale", "device", "epochs", "n_train",
-    "image_size", "run_ids", metric: (mean, std) ...}}``.
+
+def aggregate(rows: Iterable[Mapping], distance: str = "l1") -> dict[tuple, dict]:
+    """Mean ± std over seeds per (dataset, model, objective) at the preferred scale.
+
+    Only default-λ records with the given ``distance`` count; ``epochs=0`` records form the
+    ``"random model"`` cell. Each cell: ``{"n", "scale", "votes", "epochs", "n_train",
+    "image_size", "device", "run_ids", "collapsed": seeds with ≥ 50 % dead maps, metric: (mean,
+    std), ...}``.
     """
-    by_scale: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("distance") != distance or r.get("lambda_proto") != 1.0 or r.get("lambda_batchcam") != 1.0:
-            continue
-        by_scale[tuple(r[k] for k in GROUP)][r["scale"]].append(r)
+        if r.get("distance") == distance and r.get("lambda_proto") == 1.0 and r.get("lambda_batchcam") == 1.0:
+            cells[(r["dataset"], r["model"], _cell_name(r))][r["scale"]].append(r)
     out = {}
-    for key, scales in by_scale.items():
+    for key, scales in cells.items():
         scale = next((s for s in SCALE_PREFERENCE if s in scales), sorted(scales)[0])
-        runs = scales[scale]
-        # one configuration per cell: the most common (epochs, n_train) among this scale's records
         budgets = defaultdict(list)
-        for r in runs:
-            budgets[(r["epochs"], r["n_train"], r["image_size"])].append(r)
-        runs = max(budgets.values(), key=len)
-        cell = {"n": len(runs), "scale": scale, "device": runs[0]["device_name"] or runs[0]["device"],
-                "epochs": runs[0]["epochs"], "n_train": runs[0]["n_train"], "image_size": runs[0]["image_size"],
-                "run_ids": sorted(r["run_id"] for r in runs)}
-        for m in metrics:
+        for r in scales[scale]:
+            budgets[(r["n_train"], r["image_size"], r["epochs"])].append(r)
+        runs = max(budgets.values(), key=lambda rs: (len(rs), rs[0]["epochs"]))
+        r0 = runs[0]
+        smoke = bool(r0["n_train"]) and r0["n_train"] < MIN_SUBSET
+        cell = {"n": len(runs), "scale": scale + (" (smoke)" if smoke else ""),
+                "votes": len(runs) >= MIN_SEEDS and not smoke, "epochs": r0["epochs"],
+                "n_train": r0["n_train"], "image_size": r0["image_size"],
+                "device": r0["device_name"] or r0["device"], "run_ids": sorted(r["run_id"] for r in runs),
+                "collapsed": sum(r["dead_fraction"] >= COLLAPSE for r in runs)}
+        for m in METRICS:
             vals = [r[m] for r in runs if r.get(m) is not None]
             cell[m] = _mean_std(vals) if vals else None
         out[key] = cell
@@ -62,10 +72,11 @@ def aggregate(rows: Iterable[Mapping], metrics: Sequence[str] = ("accuracy", "l1
 
 
 class Table:
-    """A small table that shows as HTML in a notebook and as aligned text elsewhere."""
+    """A table that shows as HTML in a notebook (right-aligned numbers, scrolls on a phone) and
+    as aligned text elsewhere (nbval compares that)."""
 
-    def __init__(self, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "") -> None:
-        self.header, self.rows, self.caption = list(header), [list(r) for r in rows], caption
+    def __init__(self, header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> None:
+        self.header, self.rows, self.caption = list(header), [[str(c) for c in r] for r in rows], caption
 
     def __repr__(self) -> str:
         widths = [max(len(str(c)) for c in col) for col in zip(self.header, *self.rows)]
@@ -74,12 +85,15 @@ class Table:
         return "\n".join(([self.caption] if self.caption else []) + body)
 
     def _repr_html_(self) -> str:
-        esc = lambda c: html.escape(str(c))  # noqa: E731
-        head = "".join(f"<th>{esc(c)}</th>" for c in self.header)
-        body = "".join("<tr>" + "".join(f'<td style="white-space:nowrap">{esc(c)}</td>' for c in r) + "</tr>"
-                       for r in self.rows)
-        cap = f"<caption>{esc(self.caption)}</caption>" if self.caption else ""
-        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        def td(c: str, tag: str = "td") -> str:
+            num = c[:1].isdigit() or c[:1] in "−-+." and c[1:2].isdigit()
+            style = "padding:2px 8px;white-space:nowrap;text-align:" + ("right" if num else "left")
+            return f'<{tag} style="{style}">{html.escape(c)}</{tag}>'
+        head = "".join(td(c, "th") for c in self.header)
+        body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in self.rows)
+        cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return (f'<div style="overflow-x:auto;max-width:100%"><table style="border-collapse:collapse">'
+                f"{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def _fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:
@@ -90,111 +104,134 @@ def _fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -
 
 
 def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int, float]],
-                 caption: str = "") -> Table:
-    """One row per (dataset, model, objective) present in ``agg``; ``columns`` maps a header to
-    ``(metric, digits, scale)``. The last columns name the scale, seeds and budget; the caption names the
-    device(s)."""
-    devices = sorted({str(cell["device"]) for cell in agg.values()})
-    header = ["dataset", "model", "objective", *columns, "scale", "seeds", "budget"]
+                 caption: str = "", baselines: bool = True) -> Table:
+    """One row per cell of ``agg`` (objectives, then the random model, then the blank-map and
+    input-image baselines per (dataset, model) when ``baselines``); ``columns`` maps a header to
+    ``(metric, digits, scale)``. The last columns give seeds, scale and budget."""
+    order = {o: i for i, o in enumerate(("ce",) + LOSS_OBJECTIVES + ("random model",))}
     rows = []
-    for (ds, model, obj), cell in sorted(agg.items()):
-        budget = f"{cell['epochs']} ep" + (f" · {cell['n_train']} img" if cell["n_train"] else " · all") + \
-                 f" · {cell['image_size']} px"
-        rows.append([ds, model, obj, *(_fmt(cell.get(m), d, s) for m, d, s in columns.values()),
-                     cell["scale"], cell["n"], budget])
-    return Table(header, rows, f"{caption} (device: {', '.join(devices)})" if caption else "")
+    for (ds, model, obj), cell in sorted(agg.items(), key=lambda kv: (kv[0][:2], order.get(kv[0][2], 9))):
+        budget = (f"{cell['epochs']} ep · " + (f"{cell['n_train']} img" if cell["n_train"] else "all")
+                  + f" · {cell['image_size']} px")
+        flag = " ⚠ collapsed" if cell["collapsed"] else ""
+        rows.append([ds, model, obj + flag, *(_fmt(cell.get(m), d, s) for m, d, s in columns.values()),
+                     cell["n"], cell["scale"], budget])
+        if baselines and obj == "random model" or (baselines and obj == "ce" and
+                                                   (ds, model, "random model") not in agg):
+            for kind in ("blank", "input"):
+                vals = [_fmt(cell.get(f"{kind}_{m}"), d, s) if f"{kind}_{m}" in METRICS
+                        else ("100.0 ± 0.0" if (kind, m) == ("blank", "dead_fraction") else "—")
+                        for m, d, s in columns.values()]
+                rows.append([ds, model, f"{kind} map" if kind == "blank" else "input image", *vals,
+                             "—", "baseline", "same test set"])
+    return Table(["dataset", "model", "objective", *columns, "seeds", "scale", "budget"], rows, caption)
 
 
-def _compare(agg: Mapping[tuple, dict], metric: str, better: str, a: str = "ce+proto+batchcam",
-             b: str = "ce") -> tuple[int, int, list[str], bool]:
-    """Count (dataset, model) pairs where objective ``a`` beats ``b`` on ``metric`` by more than the
-    larger of their seed standard deviations; return (wins, pairs compared, evidence lines, whether
-    any compared cell has a single seed)."""
-    wins, pairs, lines, single = 0, 0, [], False
-    for (ds, model) in sorted({(k[0], k[1]) for k in agg}):
-        ca, cb = agg.get((ds, model, a)), agg.get((ds, model, b))
-        if not ca or not cb or ca.get(metric) is None or cb.get(metric) is None:
-            continue
-        (ma, sa), (mb, sb) = ca[metric], cb[metric]
-        diff = ma - mb if better == "higher" else mb - ma
-        margin = max(sa, sb)
-        won = diff > margin
-        pairs += 1
-        wins += won
-        single = single or min(ca["n"], cb["n"]) < 2
-        lines.append(f"{ds}/{model}: {a} {ma:.4g} vs {b} {mb:.4g} ({'better' if won else 'not better'}; "
-                     f"margin {margin:.2g}, seeds {ca['n']}/{cb['n']}, {ca['scale']})")
-    return wins, pairs, lines, single
+def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
+    """Cells where some seeds collapsed (≥ 50 % dead maps): ``"dataset/model/objective: k of n"``."""
+    return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds" for (ds, m, o), c in sorted(agg.items())
+            if c["collapsed"]]
 
 
-def _verdict(wins: int, pairs: int, single: bool = False) -> str:
-    if pairs == 0:
-        return "not testable at this scale"
-    verdict = "supported" if wins > pairs / 2 else "not supported"
-    return verdict + (" (weak: some cells have a single seed, so no spread to beat)" if single else "")
+def _beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
+    if a is None or b is None:
+        return None
+    diff = a[0] - b[0] if better == "higher" else b[0] - a[0]
+    return diff > max(a[1], b[1])
 
 
-def claims(agg: Mapping[tuple, dict]) -> list[dict]:
-    """The paper's claims with a verdict from the records: ``[{"claim", "verdict", "evidence": [...]}, ...]``.
+def _verdict(results: list[bool]) -> str:
+    if not results:
+        return "not testable (no cell with ≥ 3 seeds at a non-smoke scale)"
+    return "supported" if all(results) else "mixed" if any(results) else "not supported"
 
-    A claim is *supported* when ``ce+proto+batchcam`` beats ``ce`` by more than the seed spread in a
-    majority of the (dataset, model) pairs with records, *not supported* otherwise.
+
+def _pairs(agg: Mapping[tuple, dict], objective: str):
+    """Voting (dataset, model) pairs with both ``ce`` and ``objective``: (key, ce cell, cell)."""
+    for (ds, model) in sorted({k[:2] for k in agg}):
+        ce, other = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
+        if ce and other and ce["votes"] and other["votes"]:
+            yield f"{ds}/{model}", ce, other
+
+
+def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
+           objective: str = "ce+proto+batchcam") -> list[dict]:
+    """The claims of arXiv v1 and v2 with a verdict each, from the records (chapter 6).
+
+    ``bench``: ratios from chapter 3's controlled benchmark, ``{"batch_vs_loop": x,
+    "train_overhead": y}`` (loop time / batch time; loss-step time / ce-step time), or None.
+    Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
     """
     out = []
-    w, p, ev, single = _compare(agg, "accuracy", "higher")
-    out.append({"claim": "better accuracy than cross-entropy", "verdict": _verdict(w, p, single), "evidence": ev})
-    w1, p1, ev1, s1 = _compare(agg, "l1", "lower")
-    w2, p2, ev2, s2 = _compare(agg, "ssim", "higher")
-    out.append({"claim": "better reconstruction quality (L1 and SSIM)",
-                "verdict": _verdict(min(w1, w2), p1, s1 or s2), "evidence": ev1 + ev2})
-    w, p, ev, single = _compare(agg, "train_time_per_epoch_s", "lower")
-    out.append({"claim": "lower training time per epoch", "verdict": _verdict(w, p, single), "evidence": ev})
-    speed = [f"{k[0]}/{k[1]}/{k[2]}: loop/batch = {c['gradcam_loop_s_scaled'][0] / c['gradcam_batch_s'][0]:.1f}x "
-             f"({c['scale']})" for k, c in sorted(agg.items())
-             if c.get("gradcam_loop_s_scaled") and c.get("gradcam_batch_s") and k[2] == "ce+proto+batchcam"]
-    faster = sum(1 for line in speed if float(line.split("= ")[1].split("x")[0]) > 1)
-    out.append({"claim": "lower Grad-CAM inference time (batch vs per-image)",
-                "verdict": _verdict(faster, len(speed)), "evidence": speed})
+
+    def add(version, claim, test, results, evidence):
+        out.append({"version": version, "claim": claim, "test": test, "verdict": _verdict(results),
+                    "evidence": evidence})
+
+    res, ev = [], []
+    for name, ce, c in _pairs(agg, objective):
+        res.append(bool(_beats(c["accuracy"], ce["accuracy"], "higher")))
+        ev.append(f"{name}: {c['accuracy'][0]:.2%} vs ce {ce['accuracy'][0]:.2%}")
+    add("v1", "better accuracy", f"{objective} beats ce by more than the seed spread", res, ev)
+    comp = [c["accuracy"][0] >= ce["accuracy"][0] - 0.005 - max(c["accuracy"][1], ce["accuracy"][1])
+            for _, ce, c in _pairs(agg, objective)]
+    add("v2", "competitive accuracy", "within 0.5 points (plus the seed spread) of ce", comp, ev)
+    res, ev = [], []
+    for name, ce, c in _pairs(agg, objective):
+        refs = {"ce": ce, "blank": {"l1": ce.get("blank_l1"), "ssim": ce.get("blank_ssim")},
+                "input": {"l1": ce.get("input_l1"), "ssim": ce.get("input_ssim")}}
+        rand = agg.get((name.split("/")[0], name.split("/")[1], "random model"))
+        if rand:
+            refs["random model"] = rand
+        won = {k: bool(_beats(c["l1"], r["l1"], "lower")) and bool(_beats(c["ssim"], r["ssim"], "higher"))
+               for k, r in refs.items()}
+        res.append(all(won.values()))
+        ev.append(f"{name}: L1 {c['l1'][0]:.3f}, SSIM {c['ssim'][0]:.3f}; beats "
+                  + ", ".join(f"{k} {'yes' if w else 'no'}" for k, w in won.items()))
+    add("v1", "better reconstruction quality", "beats ce, the blank map, the input image and the "
+        "untrained model on L1 and SSIM (circular: L_P trains on this distance)", res, ev)
+    res, ev = [], []
+    for name, ce, c in _pairs(agg, objective):
+        tighter = bool(_beats(c["dispersion"], ce["dispersion"], "lower"))
+        follows = c["corr_image"][0] >= ce["corr_image"][0] - max(c["corr_image"][1], ce["corr_image"][1])
+        res.append(tighter and follows)
+        ev.append(f"{name}: dispersion {c['dispersion'][0]:.4f} vs ce {ce['dispersion'][0]:.4f}; "
+                  f"corr(map, own image) {c['corr_image'][0]:.3f} vs {ce['corr_image'][0]:.3f}; "
+                  f"corr(map, prototype) {c['corr_prototype'][0]:.3f} vs {ce['corr_prototype'][0]:.3f}")
+    add("v2", "more coherent saliency maps", "lower within-class dispersion than ce, without "
+        "following the own image less (else a class template wins for free)", res, ev)
+    res, ev = [], []
+    for name, ce, c in _pairs(agg, objective):
+        res.append(bool(_beats(c["train_time_per_epoch_s"], ce["train_time_per_epoch_s"], "lower")))
+        ev.append(f"{name}: {c['train_time_per_epoch_s'][0]:.1f} s/epoch vs ce "
+                  f"{ce['train_time_per_epoch_s'][0]:.1f} s")
+    add("v1", "lower training time", "s/epoch below ce's (per-run records)", res, ev)
+    ratio = (bench or {}).get("train_overhead")
+    add("v2", "minimal computational overhead", "loss step ≤ 1.25 × the ce step (chapter 3's benchmark)",
+        [ratio <= 1.25] if ratio else [], [f"training step time ratio {ratio:.2f}×"] if ratio else [])
+    speed = (bench or {}).get("batch_vs_loop")
+    add("v1", "lower inference time", "batch Grad-CAM faster than the per-image loop (chapter 3)",
+        [speed > 1] if speed else [], [f"loop / batch = {speed:.1f}×"] if speed else [])
+    add("v2", "suppresses spurious features", "decoy-patch relevance and accuracy (chapter 7)", [],
+        ["tested in chapter 7 (Decoy-MNIST), not from the paper grid"])
     return out
 
 
 def reconstruction_figure(agg: Mapping[tuple, dict], dataset: str, model: str, root=None):
-    """Average reconstruction per class of each objective (first seed of the cell), with the prototypes
-    in the last row — the paper's Figures 2–7 for one (dataset, model). Returns a Figure."""
+    """Average reconstruction per class of each objective (first seed of the cell) with the
+    prototypes in the last row: the paper's Figures 2–7 for one (dataset, model) (chapter 6)."""
     from .data import class_names
     from .plots import reconstruction_rows
-    from .results import DEFAULT_ROOT, load_tensors
+    from .results import load_tensors
 
     rows, protos, scale = {}, None, ""
     for (ds, m, obj), cell in sorted(agg.items()):
-        if (ds, m) != (dataset, model):
-            continue
-        t = load_tensors(cell["run_ids"][0], root or DEFAULT_ROOT)
-        rows[obj] = t["average_reconstruction"].float()
-        protos, scale = t["prototypes"].float()[:, 0], f"{cell['scale']}, {cell['image_size']} px"
+        if (ds, m) == (dataset, model) and obj != "random model":
+            t = load_tensors(cell["run_ids"][0], root)
+            rows[obj] = t["average_reconstruction"]
+            protos, scale = t["prototypes"], f"{cell['scale']}, {cell['image_size']} px"
     if not rows:
         raise ValueError(f"no records for {dataset}/{model}")
     fig = reconstruction_rows({**rows, "prototype": protos}, class_names(dataset))
-    fig.suptitle(f"{dataset} · {model} ({scale})", fontsize=9, y=1.02)
+    fig.suptitle(f"{dataset} · {model} ({scale})", y=1.02)
     return fig
-
-
-def latest_bench(device_type: str = "cpu", root=None) -> Optional[dict]:
-    """The newest full (non ``--quick``) benchmark record of ``python -m batchcam bench`` for a device
-    type, from ``results/bench/`` (chapter 3); ``None`` when there is none."""
-    import json
-    from pathlib import Path
-
-    from .results import DEFAULT_ROOT
-
-    folder = Path(root) if root is not None else Path(DEFAULT_ROOT).parent / "bench"
-    paths = sorted(p for p in folder.glob(f"bench-{device_type}-*.json") if not p.stem.endswith("-quick"))
-    return json.loads(paths[-1].read_text()) if paths else None
-
-
-def bench_rows(record: Mapping, model: str, image_size: int) -> list[dict]:
-    """``[{"method", "batch_size", "ms"}, ...]`` of one model in a benchmark record, for
-    :func:`batchcam.plots.timing_plot`."""
-    return [{"method": method, "batch_size": e["batch_size"], "ms": t["median_ms"]}
-            for e in record["cam"] if e["model"] == model and e["image_size"] == image_size
-            for method, t in e["timings"].items() if t.get("median_ms") is not None]

@@ -1,190 +1,125 @@
-"""Run records: one JSON file per training run, with its provenance, and the tables built from them.
+"""Records: the one module that owns their format, where they live, writing and loading.
 
-Chapter 6 builds the paper's tables and figures from these records only, so every number in the
-book can be traced to a run (its configuration, per-epoch history, final metrics, timings, the
-machine and the code version). Layout under ``<out_dir>/runs`` (committed to git)::
+Chapter 6 (and chapters 3, 5, 7) read every number from these records, so each one carries its
+configuration, per-epoch history, final metrics, timings, machine and code version. Layout::
 
-    <run_id>.json         the record (``REQUIRED_KEYS``), written last: its presence marks a finished run
-    <run_id>.tensors.pt   average reconstruction [C, H, W] and prototypes [C, 1, H, W], float16
+    <root>/runs/<run_id>.json          a training run (schema ``SCHEMA_VERSION``)
+    <root>/runs/<run_id>.tensors.pt    average map per class and prototypes [C, H, W], float16
+    <root>/bench/bench-<device>-<UTC>.json   a benchmark run (``python -m batchcam bench``)
+
+A run's JSON holds the SHA-256 of its tensors file and is written last, so the pair is one unit:
+a JSON whose tensors do not match is not complete. A record is never replaced unless asked
+(``force=True``, ``--force``), and only records whose numbers are all finite are written.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import io
 import json
+import math
 import os
-import platform
-import subprocess
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from ._helpers import atomic_torch_save, atomic_write_json
+from ._helpers import atomic_write_bytes, atomic_write_json
+from .provenance import REPO, git, provenance
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .train import Run
+__all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
+           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench", "stale_records"]
 
-__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "FINAL_KEYS", "provenance", "scale_label", "build_record",
-           "write_record", "record_path", "load_record", "validate_record", "is_complete", "load_runs",
-           "load_tensors"]
-
-SCHEMA_VERSION = 1
-REQUIRED_KEYS = ("schema_version", "run_id", "config", "history", "final", "timings", "scale", "runtime",
-                 "tensors", "provenance")
-FINAL_KEYS = ("accuracy", "l1", "l2", "ssim", "per_class", "train_time_per_epoch_s", "gradcam_batch_s",
-              "gradcam_loop_s", "gradcam_loop_s_scaled")
-HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "train_time_s", "eval_time_s")
-MAX_STORED_SIZE = 56  # tensors larger than this (ConvNeXt-V2 at 112 px) are stored area-downsampled to 56 px
-_REPO = Path(__file__).resolve().parent.parent
-
-
-def default_results_root() -> Path:
-    """Where the committed run records are: ``$BATCHCAM_RESULTS`` if set, else ``<repo>/results/runs``
-    in a source checkout (so notebooks running in ``book/`` find them), else ``./results/runs``."""
-    if os.environ.get("BATCHCAM_RESULTS"):
-        return Path(os.environ["BATCHCAM_RESULTS"]).expanduser()
-    if (_REPO / "pyproject.toml").is_file():
-        return _REPO / "results" / "runs"
-    return Path("results") / "runs"
+SCHEMA_VERSION = 2
+REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "history", "final", "timings",
+                 "scale", "runtime", "tensors", "provenance")
+FINAL_KEYS = ("accuracy", "l1", "l2", "ssim", "dead_fraction", "per_class")
+MAX_STORED_SIZE = 56  # larger maps (ConvNeXt-V2 at 112 px) are stored area-downsampled to 56 px
+#: Files whose changes can change a run's numbers (``stale_records`` looks at these).
+RESULT_FILES = ("batchcam/cam.py", "batchcam/_capture.py", "batchcam/losses.py", "batchcam/_ssim.py",
+                "batchcam/models.py", "batchcam/data.py", "batchcam/_idx.py", "batchcam/prototypes.py",
+                "batchcam/train.py", "batchcam/evaluate.py", "batchcam/config.py", "batchcam/metrics.py",
+                "batchcam/faithfulness.py")
+PathLike = Union[str, Path]
+_REPO = REPO
 
 
-DEFAULT_ROOT = default_results_root()
+class RecordExistsError(FileExistsError):
+    """A record with this id is already there and ``force`` was not given."""
 
 
-# --------------------------------------------------------------------------- provenance
+def results_root(kind: str = "runs") -> Path:
+    """Folder of the committed records of ``kind`` (``"runs"`` or ``"bench"``), found at call time.
 
-
-def _git(*args: str) -> Optional[str]:
-    """Output of ``git args`` in the package's repository, or None (no git, not a repo, no commit)."""
-    try:
-        proc = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _version(dist: str) -> Optional[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(device: Union[str, torch.device, None] = None) -> dict:
-    """Where and with what a run was made: code version, library versions, machine, UTC date.
-
-    Fails soft: a value that cannot be found is ``None``. ``device`` names the device the run
-    used (its CUDA name is reported; otherwise the CPU model).
+    In order: ``$BATCHCAM_RESULTS/<kind>``; the repository this package was imported from (a
+    source checkout, also in Colab after the install cell's clone); the first ``results/<kind>``
+    in the working directory or one of its parents (a notebook running in ``book/``);
+    else ``./results/<kind>``.
     """
-    from . import __version__
-
-    device = torch.device(device) if device is not None else None
-    commit = _git("rev-parse", "HEAD")
-    # dirty: a tracked file changed, or a file of the package itself is not committed yet
-    status = [_git("status", "--porcelain", "--untracked-files=no"),
-              _git("status", "--porcelain", "--", Path(__file__).parent.name)] if commit else [None]
-    on_cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()
-    return {
-        "git_commit": commit,
-        "git_dirty": any(status) if None not in status else None,
-        "batchcam": __version__,
-        "python": platform.python_version(),
-        **{name: _version(name) for name in ("torch", "torchvision", "timm", "torchmetrics")},
-        "platform": platform.platform(),
-        "device_name": torch.cuda.get_device_name(device) if on_cuda else _cpu_name(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "cuda": torch.version.cuda,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    if os.environ.get("BATCHCAM_RESULTS"):
+        return Path(os.environ["BATCHCAM_RESULTS"]).expanduser() / kind
+    if (_REPO / "pyproject.toml").is_file() and (_REPO / "results").is_dir():
+        return _REPO / "results" / kind
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "results" / kind).is_dir():
+            return folder / "results" / kind
+    return Path("results") / kind
 
 
-def scale_label(device_type: str, subset: bool) -> str:
-    """``"cpu-full"``, ``"cpu-subset"``, ``"gpu-full"``, ``"gpu-subset"`` (``mps-…`` etc. for other devices)."""
-    kind = "gpu" if device_type == "cuda" else device_type
-    return f"{kind}-{'subset' if subset else 'full'}"
+# --------------------------------------------------------------------------- run records
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def record_path(run_id: str, root: Union[str, Path] = DEFAULT_ROOT) -> Path:
-    """``<root>/<run_id>.json``."""
-    return Path(root) / f"{run_id}.json"
-
-
-def _tensors_path(run_id: str, root: Union[str, Path]) -> Path:
-    return Path(root) / f"{run_id}.tensors.pt"
+def _finite(obj: Any, where: str = "record") -> None:
+    """Raise ValueError naming the first NaN or infinite number in ``obj``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"{where} is {obj}: a record is complete only if every number is finite")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _finite(v, f"{where}[{i}]")
 
 
 def _for_storage(t: torch.Tensor) -> torch.Tensor:
-    """float16, area-downsampled to ``MAX_STORED_SIZE`` px when larger. [C, H, W] or [C, 1, H, W]."""
+    """[C, H, W] as float16, area-downsampled to ``MAX_STORED_SIZE`` px when larger."""
     t = t.detach().float().cpu()
     if t.shape[-1] > MAX_STORED_SIZE:
-        x = t if t.dim() == 4 else t.unsqueeze(1)
-        x = F.interpolate(x, size=(MAX_STORED_SIZE, MAX_STORED_SIZE), mode="area")
-        t = x if t.dim() == 4 else x[:, 0]
+        t = F.interpolate(t[:, None], size=(MAX_STORED_SIZE, MAX_STORED_SIZE), mode="area")[:, 0]
     return t.half()
 
 
-def build_record(run: "Run") -> dict:
-    """The JSON-serialisable record of a finished :class:`~batchcam.train.Run`."""
-    config = run.config
-    size = run.average_reconstruction.shape[-1]
-    stored = min(size, MAX_STORED_SIZE)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": config.run_id,
-        "config": asdict(config),
-        "history": run.history,
-        "final": run.final,
-        "timings": run.timings,
-        "scale": scale_label(run.runtime["device_type"], bool(config.n_train or config.n_test)),
-        "runtime": run.runtime,
-        "tensors": {"file": _tensors_path(config.run_id, ".").name, "keys": ["average_reconstruction", "prototypes"],
-                    "dtype": "float16", "image_size": size, "stored_size": stored,
-                    "note": (f"downsampled from {size} px to {stored} px (area) for storage" if stored != size
-                             else "stored at the training image size")},
-        "provenance": provenance(run.runtime["device"]),
-    }
+def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[PathLike] = None, *,
+              force: bool = False) -> Path:
+    """Write ``<root>/<run_id>.tensors.pt`` then ``<root>/<run_id>.json`` (atomic each; the JSON
+    holds the tensors' SHA-256, so the pair is one unit). ``root`` defaults to ``results_root()``.
 
-
-def write_record(run: "Run") -> Path:
-    """Write ``<out_dir>/runs/<run_id>.json`` and ``<run_id>.tensors.pt`` atomically; return the JSON path.
-
-    The tensors are written first and the JSON last, so a record on disk always has its tensors.
+    Raises :class:`RecordExistsError` if a record with this id exists and ``force`` is False, and
+    ValueError if the record is malformed or holds a non-finite number.
     """
-    record = build_record(run)
+    root = Path(root) if root is not None else results_root("runs")
+    path = root / f"{record['run_id']}.json"
+    if path.exists() and not force:
+        raise RecordExistsError(f"record {path} already exists; pass --force (force=True) to replace it, "
+                                "or write elsewhere with --out-dir")
+    buf = io.BytesIO()
+    torch.save({k: _for_storage(v) for k, v in tensors.items()}, buf)
+    data = buf.getvalue()
+    record = {**record, "tensors": {"file": f"{record['run_id']}.tensors.pt", "keys": sorted(tensors),
+                                    "dtype": "float16", "sha256": hashlib.sha256(data).hexdigest(),
+                                    "stored_size": min(next(iter(tensors.values())).shape[-1],
+                                                       MAX_STORED_SIZE)}}
     validate_record(record)
-    root = Path(run.config.out_dir) / "runs"
-    atomic_torch_save({"average_reconstruction": _for_storage(run.average_reconstruction),
-                       "prototypes": _for_storage(run.prototypes)}, _tensors_path(record["run_id"], root))
-    return atomic_write_json(record_path(record["run_id"], root), record)
-
-
-# --------------------------------------------------------------------------- reading
+    atomic_write_bytes(root / record["tensors"]["file"], data)
+    return atomic_write_json(path, record)
 
 
 def validate_record(record: Any) -> dict:
-    """Raise ValueError naming what is missing or malformed; return ``record``."""
+    """Raise ValueError naming what is missing, malformed or not finite; return ``record``."""
     if not isinstance(record, dict):
         raise ValueError(f"a run record must be a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
@@ -196,67 +131,146 @@ def validate_record(record: Any) -> dict:
     missing = [k for k in FINAL_KEYS if k not in record["final"]]
     if missing:
         raise ValueError(f"run record {record['run_id']!r}: 'final' lacks {missing}")
-    if not isinstance(record["history"], list) or not record["history"]:
-        raise ValueError(f"run record {record['run_id']!r}: 'history' must be a non-empty list of epochs")
-    missing = sorted({k for row in record["history"] for k in HISTORY_KEYS if k not in row})
-    if missing:
-        raise ValueError(f"run record {record['run_id']!r}: history rows lack {missing}")
+    if not isinstance(record["history"], list):
+        raise ValueError(f"run record {record['run_id']!r}: 'history' must be a list of epochs")
+    _finite(record, record["run_id"])
     return record
 
 
-def load_record(path: Union[str, Path]) -> dict:
-    """Read and validate one record."""
-    return validate_record(json.loads(Path(path).read_text()))
+def _strict_json(text: str) -> Any:
+    def refuse(token: str):
+        raise ValueError(f"non-finite number {token} in a record")
+    return json.loads(text, parse_constant=refuse)
 
 
-def is_complete(run_id: str, root: Union[str, Path] = DEFAULT_ROOT) -> bool:
-    """True when ``<root>/<run_id>.json`` exists and is a valid record."""
+def load_record(path: PathLike) -> dict:
+    """Read and validate one run record (NaN / Infinity tokens are refused)."""
+    return validate_record(_strict_json(Path(path).read_text()))
+
+
+def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
+    """True when ``<root>/<run_id>.json`` is valid and its tensors file matches its SHA-256."""
+    root = Path(root) if root is not None else results_root("runs")
     try:
-        load_record(record_path(run_id, root))
-    except (OSError, ValueError):
+        record = load_record(root / f"{run_id}.json")
+        data = (root / record["tensors"]["file"]).read_bytes()
+    except (OSError, ValueError, KeyError):
         return False
-    return True
+    return hashlib.sha256(data).hexdigest() == record["tensors"]["sha256"]
 
 
 def _row(record: dict) -> dict:
-    """Flatten a record into one table row."""
-    config, final, runtime, prov = record["config"], record["final"], record["runtime"], record["provenance"]
-    keys = ("dataset", "model", "objective", "distance", "lambda_proto", "lambda_batchcam", "seed", "epochs",
-            "image_size", "batch_size", "optimizer", "lr", "n_train", "n_test")
-    row = {"run_id": record["run_id"], **{k: config.get(k) for k in keys}, "scale": record["scale"],
-           "device": runtime.get("device_type"), "device_name": prov.get("device_name")}
-    for k in ("accuracy", "l1", "l2", "ssim", "train_accuracy", "train_time_per_epoch_s", "gradcam_batch_s",
-              "gradcam_loop_s", "gradcam_loop_samples", "gradcam_loop_s_scaled", "gradcam_speedup"):
-        row[k] = final.get(k)
-    row.update(git_commit=prov.get("git_commit"), date_utc=prov.get("date_utc"))
+    """Flatten a record into one table row (config fields, scale, final metrics, timings)."""
+    config, final, prov = record["config"], record["final"], record["provenance"]
+    row = {"run_id": record["run_id"], **config, "scale": record["scale"],
+           "device": record["runtime"].get("device_type"), "device_name": prov.get("device_name"),
+           "git_commit": prov.get("git_commit"), "git_dirty": prov.get("git_dirty"),
+           "date_utc": prov.get("date_utc")}
+    row.update({k: v for k, v in final.items() if not isinstance(v, dict)})
+    for kind, metrics in final.get("baselines", {}).items():
+        row.update({f"{kind}_{k}": v for k, v in metrics.items() if not isinstance(v, dict)})
+    for kind, metrics in final.get("faithfulness", {}).items():
+        if isinstance(metrics, dict):
+            row.update({f"{k}_{kind}": v for k, v in metrics.items()})  # e.g. deletion_maps
+    row.update({k: v for k, v in record["timings"].items() if not isinstance(v, (dict, list))})
     return row
 
 
-def load_runs(root: Union[str, Path] = DEFAULT_ROOT, as_frame: bool = False):
-    """All records under ``root`` as flattened rows, sorted by run id (chapter 6).
-
-    Each row has ``run_id, dataset, model, objective, distance, seed, epochs, image_size, scale,
-    device, accuracy, l1, l2, ssim, train_time_per_epoch_s, gradcam_batch_s, gradcam_loop_s_scaled``
-    and a few more. Invalid files are skipped with a warning. With ``as_frame=True`` and pandas
-    importable, a ``pandas.DataFrame`` is returned instead of a list of dicts.
-    """
+def load_runs(root: Optional[PathLike] = None) -> list[dict]:
+    """Every complete run record under ``root`` (default ``results_root()``) as a flat row, sorted
+    by run id (chapter 6). Invalid or incomplete pairs are skipped with a warning."""
+    root = Path(root) if root is not None else results_root("runs")
     rows = []
-    for path in sorted(Path(root).glob("*.json")):
-        try:
-            rows.append(_row(load_record(path)))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
-    if as_frame:
-        try:
-            import pandas as pd
-        except ImportError:
-            warnings.warn("pandas is not installed; returning a list of dicts", stacklevel=2)
-        else:
-            return pd.DataFrame(rows)
+    for path in sorted(root.glob("*.json")):
+        if not is_complete(path.stem, root):
+            warnings.warn(f"skipping {path}: not a complete record (invalid JSON, non-finite number, "
+                          "or tensors that do not match)", stacklevel=2)
+            continue
+        rows.append(_row(load_record(path)))
     return rows
 
 
-def load_tensors(run_id: str, root: Union[str, Path] = DEFAULT_ROOT) -> dict[str, torch.Tensor]:
-    """``{"average_reconstruction": [C, H, W], "prototypes": [C, 1, H, W]}`` as float32 (H ≤ 56, see the record)."""
-    data = torch.load(_tensors_path(run_id, root), map_location="cpu", weights_only=True)
+def load_tensors(run_id: str, root: Optional[PathLike] = None) -> dict[str, torch.Tensor]:
+    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` as float32."""
+    root = Path(root) if root is not None else results_root("runs")
+    data = torch.load(root / f"{run_id}.tensors.pt", map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in data.items()}
+
+
+def scale_label(device_type: str, subset: bool) -> str:
+    """``"cpu-full"``, ``"cpu-subset"``, ``"gpu-full"``, ``"gpu-subset"`` (the data a run saw)."""
+    return f"{'gpu' if device_type == 'cuda' else device_type}-{'subset' if subset else 'full'}"
+
+
+def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The record and tensors of a finished ``batchcam.train.Run`` (chapter 5), ready for
+    :func:`write_run`. Metrics are stored once (``final``), times once (``timings``)."""
+    config, ev = run.config, run.evaluation
+    last = run.history[-1] if run.history else {}
+    final = {"accuracy": ev["accuracy"], **ev["maps"], "baselines": ev["baselines"],
+             "faithfulness": ev.get("faithfulness", {}),
+             "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_total"),
+             "epochs_completed": len(run.history)}
+    record = {"schema_version": SCHEMA_VERSION, "run_id": config.run_id, "config": asdict(config),
+              "config_hash": config.config_hash, "history": run.history, "final": final,
+              "timings": run.timings, "scale": scale_label(run.runtime["device_type"],
+                                                           bool(config.n_train or config.n_test)),
+              "runtime": run.runtime, "provenance": provenance(run.runtime["device"])}
+    return record, {"average_reconstruction": run.average_reconstruction, "prototypes": run.prototypes}
+
+
+# --------------------------------------------------------------------------- benchmark records
+
+
+def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
+                       root: Optional[PathLike] = None, force: bool = False) -> Path:
+    """Write ``<root>/bench-<device>-<UTC>[-quick].json`` (chapter 3); never replaces a file
+    unless ``force``. ``root`` defaults to ``results_root("bench")``."""
+    root = Path(root) if root is not None else results_root("bench")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = root / f"bench-{device_type}-{stamp}{'-quick' if quick else ''}.json"
+    if path.exists() and not force:
+        raise RecordExistsError(f"benchmark record {path} already exists; pass --force to replace it")
+    _finite({k: v for k, v in record.items() if k != "provenance"}, "bench record")
+    return atomic_write_json(path, record)
+
+
+def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> Optional[dict]:
+    """The newest full (not ``--quick``) benchmark record for ``device_type``, or None."""
+    root = Path(root) if root is not None else results_root("bench")
+    paths = sorted(p for p in root.glob(f"bench-{device_type}-*.json") if not p.stem.endswith("-quick"))
+    return _strict_json(paths[-1].read_text()) if paths else None
+
+
+# --------------------------------------------------------------------------- staleness
+
+
+def stale_records(root: Optional[PathLike] = None) -> list[dict]:
+    """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]``.
+
+    A record is stale when it was made from a dirty tree, names no commit, or when a file that
+    affects results (``RESULT_FILES``) differs between its commit and HEAD.
+    """
+    root = Path(root) if root is not None else results_root("runs")
+    out, cache = [], {}
+    for path in sorted(root.glob("*.json")):
+        try:
+            prov = load_record(path)["provenance"]
+        except (OSError, ValueError):
+            continue
+        commit, reason = prov.get("git_commit"), None
+        if not commit:
+            reason = "no commit recorded"
+        elif prov.get("git_dirty"):
+            reason = "made from a dirty tree"
+        else:
+            if commit not in cache:
+                cache[commit] = git("diff", "--name-only", commit, "HEAD", "--", *RESULT_FILES)
+            changed = cache[commit]
+            if changed is None:
+                reason = f"commit {commit[:9]} is not in this repository"
+            elif changed:
+                reason = "changed since: " + ", ".join(changed.split())
+        if reason:
+            out.append({"run_id": path.stem, "commit": commit, "reason": reason})
+    return out

@@ -12,10 +12,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .cam import _candidate_layers, batch_gradcam
+from ._capture import candidate_layers
+from .cam import batch_gradcam
 from .losses import distance
 from .models import default_target_layer
-from .plots import _np, overlay, subplots
+from .plots import CAM_CMAP, colorbar, overlay, subplots, to_numpy
 
 __all__ = ["explorer_figure", "explorer"]
 
@@ -24,7 +25,7 @@ def explorer_figure(model: nn.Module, image: torch.Tensor, label: int, prototype
                     class_names, layer: str | None = None, title: str = "") -> Figure:
     """Image, Grad-CAM map (target = true label), overlay, class prototype and their distances.
 
-    ``image`` [1, H, W] uint8 or float; ``prototypes`` [C, 1, H, W] at the same size.
+    ``image`` [1, H, W] uint8 or float; ``prototypes`` [C, H, W] at the same size.
     """
     layer = layer or default_target_layer(model)
     x = image.float().unsqueeze(0)
@@ -33,16 +34,18 @@ def explorer_figure(model: nn.Module, image: torch.Tensor, label: int, prototype
     proto = prototypes[label:label + 1].to(cam)
     d = {k: distance(cam, proto, k).item() for k in ("l1", "l2", "ssim")}
     fig, axes = subplots(1, 4, figsize=(8.4, 2.5))
-    axes[0].imshow(_np(x[0]), cmap="gray", vmin=0, vmax=1), axes[0].set_title(f"image ({class_names[label]})",
-                                                                                fontsize=9)
-    axes[1].imshow(_np(cam[0]), cmap="jet", vmin=0, vmax=1), axes[1].set_title(f"Grad-CAM @ {layer}", fontsize=9)
+    axes[0].imshow(to_numpy(x[0]), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title(f"image ({class_names[label]})")
+    axes[1].imshow(to_numpy(cam[0]), cmap=CAM_CMAP, vmin=0, vmax=1)
+    axes[1].set_title(f"Grad-CAM @ {layer}")
     overlay(axes[2], x[0], cam[0], title="overlay")
-    axes[3].imshow(_np(proto[0]), cmap="jet", vmin=0, vmax=1), axes[3].set_title("class prototype", fontsize=9)
+    axes[3].imshow(to_numpy(proto[0]), cmap=CAM_CMAP, vmin=0, vmax=1)
+    axes[3].set_title("class prototype")
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle((title + "   " if title else "") + f"L1 {d['l1']:.3f}   L2 {d['l2']:.3f}   "
-                 f"1−SSIM {d['ssim']:.3f}", fontsize=9)
-    fig.tight_layout()
+                 f"1−SSIM {d['ssim']:.3f}")
+    colorbar(fig, list(axes), CAM_CMAP, "map value")
     return fig
 
 
@@ -50,7 +53,7 @@ def explorer(entries: Mapping[str, Mapping]):
     """An ipywidgets explorer: dataset, model, layer, class and sample → :func:`explorer_figure`.
 
     ``entries`` maps a dataset name to ``{"images": uint8 [N,1,H,W], "labels": [N], "prototypes":
-    [C,1,H,W], "class_names": [...], "models": {name: model}}``. Returns the widget (a ``VBox``).
+    [C,H,W], "class_names": [...], "models": {name: model}}``. Returns the widget (a ``VBox``).
     """
     import ipywidgets as W
     from IPython.display import display
@@ -66,7 +69,7 @@ def explorer(entries: Mapping[str, Mapping]):
     def sync_layers(*_):
         model = entries[ds.value]["models"][mdl.value]
         default = default_target_layer(model)
-        lay.options = list(dict.fromkeys([default] + _candidate_layers(model)))
+        lay.options = list(dict.fromkeys([default] + candidate_layers(model)))
         lay.value = default
 
     def sync_models(*_):

@@ -1,4 +1,4 @@
-"""Small trained models for the chapters: train once, cache, reload (chapters 2–4).
+"""Small trained models for the chapters: train once, cache, reload (chapters 2–5).
 
 The notebooks need a model that has learned something, but should not spend a minute
 re-training the same one in every chapter. :func:`cached_fit` runs :func:`batchcam.train.fit`
@@ -14,15 +14,16 @@ from typing import Optional, Union
 
 from torch import nn
 
+from .config import TrainConfig
 from .data import default_data_root
-from .results import load_record, record_path
-from .train import TrainConfig, checkpoint_path, fit, load_checkpoint
+from .results import is_complete, load_record, record_from_run, write_run
+from .train import checkpoint_path, fit, load_checkpoint
 
 __all__ = ["cached_fit", "cache_root"]
 
 
 def cache_root() -> Path:
-    """Default cache folder, ``<data root>/models``; records are in ``runs/``, checkpoints in ``checkpoints/``."""
+    """Default cache folder, ``<data root>/models`` (records in ``runs/``, checkpoints in ``checkpoints/``)."""
     return default_data_root() / "models"
 
 
@@ -30,14 +31,15 @@ def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None
                progress: bool = False) -> tuple[nn.Module, dict]:
     """Train ``config`` unless a finished run of it is cached; return ``(model in eval mode, record)``.
 
-    The cache lives in ``cache_dir`` (default ``<data root>/models``); the record is the same JSON
-    that :func:`batchcam.train.fit` writes (``record["final"]["accuracy"]`` etc.).
+    The record is the same JSON that ``python -m batchcam train`` writes
+    (``record["final"]["accuracy"]`` etc.).
     """
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     config = dataclasses.replace(config, out_dir=str(cache))
-    rec, ckpt = record_path(config.run_id, cache / "runs"), checkpoint_path(config)
-    if rec.is_file() and ckpt.is_file():
+    runs, ckpt = cache / "runs", checkpoint_path(config)
+    if is_complete(config.run_id, runs) and ckpt.is_file():
         model, _ = load_checkpoint(ckpt)
-        return model, load_record(rec)
+        return model, load_record(runs / f"{config.run_id}.json")
     run = fit(config, progress=progress)
-    return run.model.eval(), load_record(run.record_path)
+    record, tensors = record_from_run(run)
+    return run.model.eval(), load_record(write_run(record, tensors, runs, force=True))

@@ -1,56 +1,35 @@
-"""Training engine: configuration, one tiny fit, checkpoints and resume, evaluation and timing.
+"""The training engine: ``TrainConfig`` (validation, run id), one step of ``train_one_epoch``, ``fit``,
+checkpoints, exact resume and determinism.
 
-All fits run on tiny synthetic data (``batchcam.train._load_data`` is monkeypatched), on CPU.
+Fits run on CPU on tiny synthetic data (``fake_data``) with a tiny network (``tiny_model``), both
+from conftest.py; only the configuration checks build the registry's models.
 """
 
+import copy
 import dataclasses
-import json
-from pathlib import Path
+import shutil
 
 import pytest
 import torch
 
+import batchcam.config as C
 import batchcam.train as T
-from batchcam.results import load_runs, load_tensors, validate_record
-from batchcam.train import OBJECTIVES, TrainConfig, checkpoint_path, evaluate, fit, load_checkpoint, time_gradcam
+from batchcam.config import TrainConfig
+from batchcam.data import TensorLoader
+from batchcam.losses import OBJECTIVES, Objective, objective_loss
+from batchcam.results import record_from_run
+from batchcam.train import NonFiniteLossError, checkpoint_path, fit, load_checkpoint, train_one_epoch
 
-TIME_KEYS = {"train_time_s", "eval_time_s", "gradcam_time_s", "train_time_per_epoch_s", "gradcam_batch_s",
-             "gradcam_loop_s", "gradcam_loop_s_scaled", "gradcam_speedup"}
-
-
-def synthetic_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [n, 1, 28, 28] images of a bright 8×8 square whose position encodes the class, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 40, (n, 1, 28, 28), generator=g)
-    for i, c in enumerate(labels.tolist()):
-        r, col = 2 + 5 * (c // 4), 2 + 6 * (c % 4)
-        images[i, 0, r:r + 8, col:col + 8] += 180
-    return images.clamp(0, 255).to(torch.uint8), labels
+TIME_KEYS = {"train_time_s", "eval_time_s"}
 
 
-def fake_load_data(config: TrainConfig):
-    return synthetic_split(config.n_train or 96, config.seed), synthetic_split(config.n_test or 48, 1000)
+def without_times(rows):
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rows]
 
 
-@pytest.fixture
-def fake_data(monkeypatch):
-    monkeypatch.setattr(T, "_load_data", fake_load_data)
-
-
-def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(n_train=96, n_test=48, epochs=2, batch_size=32, device="cpu", out_dir=str(tmp_path),
-                eval_cam_loop_samples=8)
-    return TrainConfig(**{**base, **kw})
-
-
-def without_times(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TIME_KEYS}
-
-
-def interrupt_in_epoch(monkeypatch, n: int) -> None:
-    """Make the n-th call of ``_train_epoch`` (1-based) raise KeyboardInterrupt, as Ctrl-C would."""
-    real, calls = T._train_epoch, []
+def interrupt_in_epoch(monkeypatch, n):
+    """The n-th call of ``train_one_epoch`` (1-based) raises KeyboardInterrupt, as Ctrl-C would."""
+    real, calls = T.train_one_epoch, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -58,19 +37,10 @@ def interrupt_in_epoch(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "_train_epoch", flaky)
+    monkeypatch.setattr(T, "train_one_epoch", flaky)
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-def test_run_id_is_readable_and_deterministic():
-    assert TrainConfig().run_id == "mnist-simplecnn-ce+proto+batchcam-l1-s28-e2-seed0"
-    c = TrainConfig(dataset="fashion-mnist", model="convnextv2_tiny", objective="ce", n_train=1000)
-    assert c.run_id == "fashion-mnist-convnextv2_tiny-ce-l1-s112-e2-seed0-ntr1000"
-    assert TrainConfig(lambda_proto=0.5, layer="layer3", model="resnet18", n_test=7).run_id.endswith(
-        "-lp0.5-Llayer3-nte7")
-    assert TrainConfig(layer="features").run_id == TrainConfig().run_id  # the default layer is not repeated
 
 
 @pytest.mark.parametrize("field, value, valid", [
@@ -80,157 +50,268 @@ def test_run_id_is_readable_and_deterministic():
     ("optimizer", "rmsprop", ("adam", "sgd", "adamw")),
     ("model", "vgg", ("simplecnn", "resnet18", "convnextv2_tiny")),
 ])
-def test_validation_names_field_and_valid_values(field, value, valid):
+def test_validation_names_the_field_and_the_valid_values(field, value, valid):
     with pytest.raises(ValueError) as err:
         TrainConfig(**{field: value}).validate()
-    msg = str(err.value)
-    assert f"unknown {field} {value!r}" in msg
-    assert all(repr(v) in msg for v in valid)
+    assert f"unknown {field} {value!r}" in str(err.value)
+    assert all(repr(v) in str(err.value) for v in valid)
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"model": "convnextv2_tiny", "image_size": 28}, "image_size must be ≥ 32"),
-    ({"epochs": 0}, "epochs must be > 0"),
-    ({"n_train": -1}, "n_train must be > 0"),
-    ({"lambda_proto": -1.0}, "lambda_proto must be ≥ 0"),
+    ({"lr": 0.0}, "--lr must be a finite number > 0"),
+    ({"lr": float("nan")}, "--lr must be a finite number > 0"),
+    ({"batch_size": 0}, "--batch-size must be"),
+    ({"epochs": -1}, "--epochs must be a finite number ≥ 0"),
+    ({"lambda_proto": float("inf")}, "--lambda-proto must be a finite number ≥ 0"),
+    ({"lambda_batchcam": -0.5}, "--lambda-batchcam must be"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be"),
+    ({"n_train": 70_000}, "larger than the train split"),
+    ({"n_test": 10_001}, "larger than the test split"),
+    ({"n_train": 1}, "--n-train must be ≥ 2"),
+    ({"image_size": 10}, "use at least 11"),
+    ({"model": "convnextv2_tiny", "image_size": 28}, "use at least 32"),
+    ({"device": "bogus"}, "--device 'bogus'"),
 ])
-def test_validation_of_ranges(kw, match):
+def test_validation_of_values(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw).validate()
 
 
-def test_resolved_fills_model_defaults():
+def test_resolved_fills_the_model_defaults():
     c = TrainConfig(model="convnextv2_tiny").resolved()
     assert (c.image_size, c.layer) == (112, "stages.3")
-    assert TrainConfig(objective="ce+batchcam").terms == ("ce", "batchcam")
+    assert TrainConfig(objective="ce+batchcam", lambda_batchcam=0.3).objective_spec() == Objective(
+        (("batchcam", 0.3),), "l1", 10)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run id is checked on a CPU machine")
+def test_run_id_is_readable_and_ends_with_device_and_hash():
+    rid = TrainConfig().run_id
+    head, _, digest = rid.rpartition("-")
+    assert head == "mnist-simplecnn-ce+proto+batchcam-l1-s28-e2-seed0-cpu"
+    assert len(digest) == 8 and int(digest, 16) >= 0 and digest == TrainConfig().config_hash
+    c = TrainConfig(dataset="fashion-mnist", model="resnet18", objective="ce", n_train=1000, n_test=50,
+                    lambda_proto=0.5, layer="layer3")
+    assert c.run_id.startswith("fashion-mnist-resnet18-ce-l1-s28-e2-seed0-lp0.5-Llayer3-ntr1000-nte50-cpu-")
+    assert TrainConfig(layer="features").run_id == rid  # the default layer is the default
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.05), dict(batch_size=64), dict(optimizer="sgd"),
+                                    dict(optimizer="adamw"), dict(weight_decay=1e-4), dict(seed=1), dict(epochs=3),
+                                    dict(objective="ce"), dict(distance="ssim"), dict(lambda_batchcam=0.5),
+                                    dict(image_size=32), dict(n_train=500), dict(n_test=500),
+                                    dict(channels_last=not torch.cuda.is_available()), dict(dataset="fashion-mnist")])
+def test_run_id_changes_with_every_result_field(change):
+    assert TrainConfig(**change).run_id != TrainConfig().run_id
+
+
+@pytest.mark.parametrize("change", [dict(out_dir="elsewhere"), dict(data_root="/tmp/data"),
+                                    dict(eval_cam_loop_samples=0), dict(layer="features")])
+def test_run_id_ignores_paths_and_the_timing_sample(change):
+    assert TrainConfig(**change).run_id == TrainConfig().run_id
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only machine")
+def test_on_cpu_amp_and_default_channels_last_do_not_change_the_run():
+    base = TrainConfig().run_id
+    assert TrainConfig(amp=False).run_id == base  # amp never takes effect on CPU
+    assert TrainConfig(channels_last=False).run_id == base  # the CPU default
+    assert TrainConfig(device="cpu").run_id == base  # "auto" resolves to the same device
+
+
+def test_on_cuda_amp_and_channels_last_change_the_run(monkeypatch):
+    monkeypatch.setattr(C, "resolve_device", lambda device: torch.device("cuda" if device in ("cuda", "auto")
+                                                                         else device))
+    cuda = TrainConfig(device="cuda")
+    assert cuda.run_id.rsplit("-", 2)[1] == "cuda"
+    assert cuda.result_fields()["amp"] is True and cuda.result_fields()["channels_last"] is True
+    assert TrainConfig(device="cuda", amp=False).run_id != cuda.run_id
+    assert TrainConfig(device="cuda", channels_last=False).run_id != cuda.run_id
+    assert TrainConfig(device="cuda", channels_last=True).run_id == cuda.run_id  # the CUDA default
+    assert TrainConfig(device="cpu").run_id != cuda.run_id
+
+
+def test_every_config_field_has_help():
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))
 
 
 # --------------------------------------------------------------------------- one step
 
 
-def test_ce_baseline_skips_gradcam(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("the ce objective must not compute Grad-CAM")
-
-    monkeypatch.setattr(T, "batch_gradcam_with_logits", boom)
-    model = T.create_model("simplecnn").train()
-    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 0, 1, 1])
-    terms, logits = T.loss_terms(model, x, y, torch.rand(10, 1, 28, 28), TrainConfig(objective="ce").resolved())
-    assert set(terms) == {"ce", "total"} and logits.shape == (4, 10)
-
-
-def test_loss_terms_follow_the_objective():
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_train_one_epoch_on_one_batch_is_one_manual_step(TinyNet, synthetic, name):
+    """``train_one_epoch`` = ``objective_loss`` + backward + step, and nothing else: the same
+    parameters, buffers and optimizer state after one batch."""
     torch.manual_seed(0)
-    model = T.create_model("simplecnn").train()
-    x, y, protos = torch.rand(6, 1, 28, 28), torch.tensor([0, 0, 1, 1, 2, 2]), torch.rand(10, 1, 28, 28)
-    config = TrainConfig(objective="ce+proto+batchcam", lambda_proto=0.5, lambda_batchcam=2.0).resolved()
-    terms, _ = T.loss_terms(model, x, y, protos, config)
-    assert set(terms) == {"ce", "proto", "batchcam", "total"}
-    expected = terms["ce"] + 0.5 * terms["proto"] + 2.0 * terms["batchcam"]
-    torch.testing.assert_close(terms["total"], expected)
-    terms["total"].backward()  # double backprop through the maps
-    assert all(p.grad is not None for p in model.parameters())
+    model_a = TinyNet().train()
+    model_b = copy.deepcopy(model_a)
+    opt_a = torch.optim.AdamW(model_a.parameters(), lr=1e-2, weight_decay=0.1)
+    opt_b = torch.optim.AdamW(model_b.parameters(), lr=1e-2, weight_decay=0.1)
+    images, labels = synthetic(16, 0)
+    protos = torch.rand(10, 28, 28)
+    objective = Objective.from_name(name, "l1", 0.7, 1.3)
+    loader = TensorLoader(images, labels, 16)
+
+    out = train_one_epoch(model_a, objective, loader, opt_a, layer="features", prototypes=protos)
+
+    x, y = next(iter(TensorLoader(images, labels, 16)))
+    terms, logits = objective_loss(objective, model_b, x, y, layer="features", prototypes=protos)
+    opt_b.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    opt_b.step()
+
+    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k
+    for k in terms:
+        assert out[k] == pytest.approx(terms[k].item(), rel=1e-6)
+    assert out["accuracy"] == (logits.argmax(1) == y).float().mean().item()
+    assert set(out) == set(terms) | {"accuracy"}
 
 
-# --------------------------------------------------------------------------- fit, record, checkpoint
+def test_train_one_epoch_raises_on_a_non_finite_loss(TinyNet, synthetic, monkeypatch):
+    real = T.objective_loss
+
+    def nan_loss(*args, **kwargs):
+        terms, logits = real(*args, **kwargs)
+        return {**terms, "total": terms["total"] * float("nan")}, logits
+
+    monkeypatch.setattr(T, "objective_loss", nan_loss)
+    model = TinyNet().train()
+    images, labels = synthetic(16, 0)
+    with pytest.raises(NonFiniteLossError, match="not finite.*No record was written"):
+        train_one_epoch(model, Objective.from_name("ce"), TensorLoader(images, labels, 8),
+                        torch.optim.SGD(model.parameters(), 0.1), layer="features", prototypes=None)
 
 
-def test_fit_writes_a_valid_record(tmp_path, fake_data):
-    run = fit(tiny_config(tmp_path), progress=False)
-    record = validate_record(json.loads(run.record_path.read_text()))
-    assert record["run_id"] == run.config.run_id and record["scale"] == "cpu-subset"
-    assert [row["epoch"] for row in record["history"]] == [1, 2]
-    assert record["final"]["accuracy"] == record["history"][-1]["test_accuracy"]
-    assert record["final"]["gradcam_loop_samples"] == 8
-    assert record["final"]["gradcam_loop_s_scaled"] == pytest.approx(record["final"]["gradcam_loop_s"] * 48 / 8)
-    assert not run.model.training
-    rows = load_runs(tmp_path / "runs")
-    assert [r["run_id"] for r in rows] == [run.config.run_id]
-    assert rows[0]["accuracy"] == run.final["accuracy"] and rows[0]["device"] == "cpu"
-    tensors = load_tensors(run.config.run_id, tmp_path / "runs")
-    assert tensors["average_reconstruction"].shape == (10, 28, 28)
-    assert tensors["prototypes"].shape == (10, 1, 28, 28)
+# --------------------------------------------------------------------------- fit
+
+
+def test_fit_returns_the_run(tiny_config, fake_data, tiny_model):
+    run = fit(tiny_config(), progress=False)
+    assert run.config == tiny_config().resolved() and not run.model.training
+    assert [r["epoch"] for r in run.history] == [1, 2]
+    assert {"train_total", "train_ce", "train_proto", "train_batchcam", "train_accuracy", "test_accuracy",
+            "test_l1", "test_ssim", "test_dead_fraction"} <= set(run.history[0])
+    assert run.prototypes.shape == (10, 28, 28) and run.average_reconstruction.shape == (10, 28, 28)
+    assert run.evaluation["samples"] == 48 and set(run.evaluation["baselines"]) == {"blank", "input"}
+    assert run.evaluation["accuracy"] == run.history[-1]["test_accuracy"]
+    assert run.timings["gradcam_loop_samples"] == 4
+    assert run.timings["gradcam_loop_s_scaled"] == pytest.approx(run.timings["gradcam_loop_s"] * 48 / 4)
+    assert run.runtime["device_type"] == "cpu" and run.runtime["amp"] is False
     assert checkpoint_path(run.config).is_file()
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not (checkpoint_path(run.config).parent.parent / "runs").exists()  # fit writes no record
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_history_logs_the_objective_terms(tmp_path, fake_data, objective):
-    run = fit(tiny_config(tmp_path, objective=objective, epochs=1, eval_cam_loop_samples=0), progress=False)
-    row = run.history[0]
-    assert (row["train_proto"] is not None) == ("proto" in objective)
-    assert (row["train_batchcam"] is not None) == ("batchcam" in objective)
-    assert run.final["gradcam_loop_s"] is None and run.final["gradcam_batch_s"] > 0
+def test_fit_with_zero_epochs_evaluates_the_untrained_model(tiny_config, fake_data, tiny_model, monkeypatch):
+    monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: pytest.fail("epochs=0 must not train"))
+    run = fit(tiny_config(epochs=0, objective="ce"), progress=False)
+    assert run.history == [] and run.timings["train_time_per_epoch_s"] is None
+    assert 0 <= run.evaluation["accuracy"] <= 1
 
 
-def test_interrupt_and_resume_match_an_uninterrupted_run(tmp_path, fake_data, monkeypatch):
-    full = fit(tiny_config(tmp_path / "a"), progress=False)
+def test_fit_accepts_data_and_does_not_load(tiny_config, tiny_model, synthetic, monkeypatch):
+    monkeypatch.setattr(T, "load_data", lambda config: pytest.fail("data was given"))
+    run = fit(tiny_config(epochs=1), progress=False, data=(synthetic(40, 0), synthetic(20, 1)))
+    assert run.evaluation["samples"] == 20
 
-    config = tiny_config(tmp_path / "b")
+
+def test_a_loss_that_becomes_nan_stops_fit(tiny_config, fake_data, tiny_model, monkeypatch):
+    real, steps = T.objective_loss, []
+
+    def later_nan(*args, **kwargs):
+        terms, logits = real(*args, **kwargs)
+        steps.append(1)
+        return ({**terms, "total": terms["total"] * float("nan")} if len(steps) > 1 else terms), logits
+
+    monkeypatch.setattr(T, "objective_loss", later_nan)
+    with pytest.raises(NonFiniteLossError):
+        fit(tiny_config(), progress=False)
+    assert not checkpoint_path(tiny_config()).exists()  # the epoch did not complete
+
+
+def test_two_runs_with_the_same_seed_are_bit_identical(tiny_config, fake_data, tiny_model, tmp_path):
+    a = fit(tiny_config(out_dir=str(tmp_path / "a")), progress=False)
+    b = fit(tiny_config(out_dir=str(tmp_path / "b")), progress=False)
+    ra, rb = record_from_run(a)[0], record_from_run(b)[0]
+    assert ra["final"] == rb["final"]
+    assert without_times(ra["history"]) == without_times(rb["history"])
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert torch.equal(a.average_reconstruction, b.average_reconstruction)
+    c = fit(tiny_config(out_dir=str(tmp_path / "c"), seed=1, epochs=1), progress=False)
+    assert record_from_run(c)[0]["final"] != ra["final"]  # the comparison can fail
+
+
+def test_interrupt_and_resume_give_the_record_of_an_uninterrupted_run(tiny_config, fake_data, tiny_model,
+                                                                      tmp_path, monkeypatch):
+    full = fit(tiny_config(out_dir=str(tmp_path / "a")), progress=False)
+    config = tiny_config(out_dir=str(tmp_path / "b"))
     with monkeypatch.context() as m:
         interrupt_in_epoch(m, 2)
         with pytest.raises(KeyboardInterrupt):
             fit(config, progress=False)
-    # Ctrl-C during epoch 2: the epoch-1 checkpoint stays, no record and no half-written file.
+    # Ctrl-C in epoch 2: the epoch-1 checkpoint stays, and no half-written file
     assert torch.load(checkpoint_path(config), weights_only=True)["epoch"] == 0
-    assert not (tmp_path / "b" / "runs").exists()
     assert not list(tmp_path.rglob("*.tmp"))
 
     resumed = fit(config, resume=True, progress=False)
-    assert [without_times(r) for r in resumed.history] == [without_times(r) for r in full.history]
-    assert without_times(resumed.final) == without_times(full.final)
+    (rec_full, t_full), (rec_res, t_res) = record_from_run(full), record_from_run(resumed)
+    assert rec_res["final"] == rec_full["final"]
+    assert without_times(rec_res["history"]) == without_times(rec_full["history"])
+    assert rec_res["run_id"] == rec_full["run_id"] and rec_res["config_hash"] == rec_full["config_hash"]
+    for k in t_full:
+        assert torch.equal(t_full[k], t_res[k]), k
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert resumed.timings["resumed_from_epoch"] == 1
 
 
-def test_resume_refuses_a_different_configuration(tmp_path, fake_data):
-    fit(tiny_config(tmp_path, epochs=1), progress=False)
-    with pytest.raises(ValueError, match="lr: checkpoint 0.001 vs now 0.01"):
-        fit(tiny_config(tmp_path, epochs=1, lr=0.01), resume=True, progress=False)
+def test_resume_without_a_checkpoint_starts_from_scratch(tiny_config, fake_data, tiny_model, tmp_path):
+    a = fit(tiny_config(epochs=1, out_dir=str(tmp_path / "a")), resume=True, progress=False)
+    b = fit(tiny_config(epochs=1, out_dir=str(tmp_path / "b")), progress=False)
+    assert record_from_run(a)[0]["final"] == record_from_run(b)[0]["final"]
+    assert a.timings["resumed_from_epoch"] is None
 
 
-def test_resume_after_the_last_epoch_only_evaluates(tmp_path, fake_data, monkeypatch):
-    first = fit(tiny_config(tmp_path, epochs=1), progress=False)
-    monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: pytest.fail("nothing left to train"))
-    again = fit(tiny_config(tmp_path, epochs=1), resume=True, progress=False)
-    assert without_times(again.final) == without_times(first.final)
+def test_resuming_a_checkpoint_of_another_configuration_is_refused(tiny_config, fake_data, tiny_model):
+    """Another lr is another run id, so its checkpoint is never found by accident; one put in its
+    place (copied, renamed) is refused with the differing fields named."""
+    first = fit(tiny_config(epochs=1), progress=False)
+    other = tiny_config(epochs=1, lr=0.01)
+    assert checkpoint_path(other) != checkpoint_path(first.config)
+    shutil.copy(checkpoint_path(first.config), checkpoint_path(other))
+    with pytest.raises(ValueError, match=r"another configuration \(lr: checkpoint 0.001 vs now 0.01\).*delete"):
+        fit(other, resume=True, progress=False)
 
 
-def test_load_checkpoint_rebuilds_the_model(tmp_path, fake_data):
-    run = fit(tiny_config(tmp_path, epochs=1), progress=False)
+def test_resume_after_the_last_epoch_only_evaluates(tiny_config, fake_data, tiny_model, monkeypatch):
+    first = fit(tiny_config(epochs=1), progress=False)
+    monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: pytest.fail("nothing left to train"))
+    again = fit(tiny_config(epochs=1), resume=True, progress=False)
+    assert record_from_run(again)[0]["final"] == record_from_run(first)[0]["final"]
+
+
+def test_load_checkpoint_rebuilds_the_model(tiny_config, fake_data, tiny_model):
+    run = fit(tiny_config(epochs=1), progress=False)
     model, config = load_checkpoint(checkpoint_path(run.config))
     assert config == run.config and not model.training
     x = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(model(x), run.model(x))
 
 
-# --------------------------------------------------------------------------- evaluate, timing
+# --------------------------------------------------------------------------- evaluation and timing
 
 
-def test_evaluate_restores_mode_and_reports_quality():
+def test_evaluate_restores_the_mode_and_time_gradcam_scales(TinyNet, synthetic):
     torch.manual_seed(0)
-    model = T.create_model("simplecnn").train()
-    images, labels = synthetic_split(20, 0)
+    model = TinyNet().train()
+    images, labels = synthetic(20, 0)
     protos = T.class_prototypes(images, labels, 10)
-    out = evaluate(model, images, labels, protos, batch_size=8)
+    out = T.evaluate(model, images, labels, protos, layer="features", batch_size=8)
     assert model.training
-    assert set(out["reconstruction_quality"]) == {"l1", "l2", "ssim", "per_class"}
-    assert out["average_reconstruction"].shape == (10, 28, 28) and out["samples"] == 20
-    assert 0 <= out["accuracy"] <= 1 and out["gradcam_time_s"] > 0
-
-    timing = time_gradcam(model.eval(), images, labels, n_loop=5, batch_size=4)
+    assert {"l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
+            "per_class"} == set(out["maps"])
+    timing = T.time_gradcam(model.eval(), images, labels, layer="features", n_loop=5, batch_size=4)
     assert not model.training
-    assert timing["loop_samples"] == 5 and timing["total_samples"] == 20
-    assert timing["loop_s_scaled"] == pytest.approx(timing["loop_s"] * 4)
-
-
-def test_evaluate_at_another_size():
-    model = T.create_model("simplecnn", image_size=36)
-    images, labels = synthetic_split(10, 0)
-    out = evaluate(model, images, labels, T.class_prototypes(images, labels, 10, size=36), image_size=36)
-    assert out["average_reconstruction"].shape == (10, 36, 36)
-
-
-def test_config_fields_all_have_help():
-    assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))
+    assert timing["loop_samples"] == 5 and timing["loop_s_scaled"] == pytest.approx(timing["loop_s"] * 4)
+    assert T.time_gradcam(model, images, labels, layer="features", n_loop=0)["loop_s"] is None

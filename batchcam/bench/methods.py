@@ -1,4 +1,11 @@
-"""The five Grad-CAM methods as timed calls, and the check that their maps agree (chapter 3)."""
+"""The timed Grad-CAM methods and the check that their maps agree (chapter 3, "speed").
+
+Every method runs on the same :class:`Case`: a model in eval mode, its target layer, images
+``x`` [B, 1, H, W] in [0, 1] and one target class per image [B]. ``forward`` is the floor
+(``model(x)`` under ``no_grad``); the others return Grad-CAM maps [B, H, W]. pytorch-grad-cam
+and Captum are optional: they are imported inside their builders, and a missing one is skipped
+with the reason recorded (:class:`MethodUnavailable`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import contextlib
 import gc
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,19 +24,22 @@ from ..cam import batch_gradcam, gradcam_loop, normalize_cam, resolve_layer
 from .config import REFERENCE
 
 
-@dataclass
+@dataclass(frozen=True)
 class Case:
-    """One model, input size and batch, ready to be timed."""
+    """One model, target layer and batch, ready to be timed.
+
+    ``x``: images [B, 1, H, W]; ``targets``: int64 [B]; ``amp``: bf16 autocast (CUDA only).
+    """
 
     model: nn.Module
-    layer_name: str
+    layer: str
     x: torch.Tensor
     targets: torch.Tensor
-    amp: bool  # bf16 autocast (CUDA only)
+    amp: bool = False
 
     @property
-    def layer(self) -> nn.Module:
-        return resolve_layer(self.model, self.layer_name)[0]
+    def layer_module(self) -> nn.Module:
+        return resolve_layer(self.model, self.layer)[0]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -41,23 +51,27 @@ class Case:
 
 @dataclass(frozen=True)
 class Method:
-    """A timed call, and how to turn its output into maps comparable with the reference."""
+    """A timed call, and how its output becomes maps comparable with the reference.
+
+    ``maps(output)`` returns ``{label: maps [B, H, W]}``, min-max normalised per sample, float64
+    on the CPU (a method may give more than one set, e.g. pytorch-grad-cam's raw and public maps).
+    """
 
     run: Callable[[], Any]
-    maps: Optional[Callable[[Any], dict[str, torch.Tensor]]] = None  # label -> [B, H, W], min-max normalised
-    note: str = ""  # e.g. a precision the method had to keep
+    maps: Optional[Callable[[Any], dict[str, torch.Tensor]]] = None
+    note: str = ""
 
 
 class MethodUnavailable(RuntimeError):
-    """An optional library is missing: the method is skipped and the reason recorded."""
+    """An optional library is missing: the method is skipped and this message recorded."""
 
 
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-sample min-max normalisation in float64 (all-constant maps give zeros)."""
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Maps [B, H, W] → float64 CPU maps, min-max normalised per sample (a constant map gives zeros)."""
     return normalize_cam(maps.detach().double().cpu(), "minmax")
 
 
-def _forward_method(case: Case) -> Method:
+def _forward(case: Case) -> Method:
     def run() -> torch.Tensor:
         with torch.no_grad(), case.autocast():
             return case.model(case.x)
@@ -65,48 +79,25 @@ def _forward_method(case: Case) -> Method:
     return Method(run)
 
 
-@contextlib.contextmanager
-def _layer_outputs(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect every output of ``layer`` while the block runs (a forward hook, removed on exit)."""
-    outputs: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda mod, inp, out: outputs.append(out))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
-
-
-def _free_graphs(tensors: Iterable[torch.Tensor]) -> None:
-    """Detach each tensor in place, which frees an autograd graph that only a reference cycle keeps alive."""
-    for t in tensors:
-        with contextlib.suppress(RuntimeError):  # a view cannot be detached in place
-            t.detach_()
-
-
-LOOP_LEAK = ("gradcam_loop's target-layer output (and so its whole forward graph) is still alive after the "
-             "call returned: a reference cycle through a tensor hook (the bug fixed in cam._keep_activations by "
-             "clearing its store) is back, and every call leaks its graph.")
-
-
-def _package_method(fn: Callable[..., torch.Tensor], label: str) -> Callable[[Case], Method]:
-    """A batchcam function as a method, timed exactly as a user calls it."""
+def _package(fn: Callable[..., torch.Tensor], label: str) -> Callable[[Case], Method]:
+    """A batchcam function as a method, called exactly as a user calls it."""
     def build(case: Case) -> Method:
         def run() -> torch.Tensor:
             with case.autocast():
-                return fn(case.model, case.x, case.layer_name, case.targets)
+                return fn(case.model, case.x, case.layer, case.targets)
 
-        return Method(run, lambda out: {label: _minmax(out)})
+        return Method(run, lambda out: {label: minmax(out)})
 
     return build
 
 
-def _pytorch_grad_cam_method(case: Case) -> Method:
+def _pytorch_grad_cam(case: Case) -> Method:
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as err:
         raise MethodUnavailable(f"pytorch-grad-cam is not installed ({err}); pip install grad-cam") from None
-    layer = case.layer
+    layer = case.layer_module
     targets = [ClassifierOutputTarget(int(t)) for t in case.targets]
 
     def run() -> tuple:
@@ -119,120 +110,105 @@ def _pytorch_grad_cam_method(case: Case) -> Method:
         out, acts, grads = result
         with GradCAM(model=case.model, target_layers=[layer]) as cam:  # its own weighting and channel sum
             raw = cam.get_cam_image(case.x, layer, targets, acts.float().numpy(), grads.float().numpy())
-        raw = F.relu(torch.from_numpy(raw))[:, None]  # its ReLU (np.maximum(cam, 0)), at feature resolution
-        upsampled = F.interpolate(raw, size=case.size, mode="bilinear", align_corners=False)[:, 0]
-        return {"pytorch_grad_cam": _minmax(upsampled), "pytorch_grad_cam_output": _minmax(torch.from_numpy(out))}
+        raw = F.relu(torch.from_numpy(raw))[:, None]  # its ReLU, at the feature map's resolution
+        up = F.interpolate(raw, size=case.size, mode="bilinear", align_corners=False)[:, 0]
+        return {"pytorch_grad_cam": minmax(up), "pytorch_grad_cam_output": minmax(torch.from_numpy(out))}
 
-    # pytorch-grad-cam converts activations to NumPy, which has no bfloat16: it always runs in float32.
+    # It converts activations to NumPy, which has no bfloat16: it always runs in float32.
     return Method(run, maps, note="float32 (NumPy has no bfloat16)" if case.amp else "")
 
 
-def _captum_method(case: Case) -> Method:
+def _captum(case: Case) -> Method:
     try:
         from captum.attr import LayerAttribution, LayerGradCam
     except ImportError as err:
         raise MethodUnavailable(f"captum is not installed ({err}); pip install captum") from None
-    explainer = LayerGradCam(case.model, case.layer)
+    explainer = LayerGradCam(case.model, case.layer_module)
 
     def run() -> torch.Tensor:
         with case.autocast():
             attr = explainer.attribute(case.x, target=case.targets, relu_attributions=True)
             return LayerAttribution.interpolate(attr, case.size, interpolate_mode="bilinear")
 
-    return Method(run, lambda out: {"captum": _minmax(out[:, 0])})
+    return Method(run, lambda out: {"captum": minmax(out[:, 0])})
 
 
-METHOD_BUILDERS: dict[str, Callable[[Case], Method]] = {
-    "forward": _forward_method,
-    "batch_gradcam": _package_method(batch_gradcam, "batch_gradcam"),
-    "gradcam_loop": _package_method(gradcam_loop, "gradcam_loop"),
-    "pytorch_grad_cam": _pytorch_grad_cam_method,
-    "captum": _captum_method,
+#: name → builder ``(case) -> Method`` (raising :class:`MethodUnavailable`); names as in ``config.METHODS``.
+BUILDERS: dict[str, Callable[[Case], Method]] = {
+    "forward": _forward,
+    "batch_gradcam": _package(batch_gradcam, "batch_gradcam"),
+    "gradcam_loop": _package(gradcam_loop, "gradcam_loop"),
+    "pytorch_grad_cam": _pytorch_grad_cam,
+    "captum": _captum,
 }
 
+#: What the map check compares (stored in the record).
 COMPARED = {
     "reference": "batch_gradcam (normalize='max'), min-max normalised per sample, at input resolution",
     "gradcam_loop": "its output [B, H, W], min-max normalised",
-    "pytorch_grad_cam": ("its raw CAM before resizing: ReLU(GradCAM.get_cam_image(...)) from the activations and "
-                         "gradients its hooks stored in the timed call, upsampled with torch bilinear "
-                         "(align_corners=False), min-max normalised"),
-    "pytorch_grad_cam_output": ("its public output (per-image min-max with 1e-7 eps, cv2.resize bilinear, "
-                                "min-max again), min-max normalised"),
-    "captum": "LayerGradCam(relu_attributions=True) upsampled by LayerAttribution.interpolate(bilinear), min-max",
-    "precision": "float32 calls (a separate float32 call per method when the timed calls used bf16 autocast); "
-                 "differences computed in float64",
+    "pytorch_grad_cam": "ReLU(GradCAM.get_cam_image(...)) from the activations and gradients its hooks stored, "
+                        "upsampled bilinearly (align_corners=False), min-max normalised",
+    "pytorch_grad_cam_output": "its public output (its own normalisation and cv2.resize), min-max normalised",
+    "captum": "LayerGradCam(relu_attributions=True) + LayerAttribution.interpolate(bilinear), min-max normalised",
+    "precision": "float32 calls (under bf16 autocast the check makes a separate float32 call); differences in "
+                 "float64",
 }
 
 
-def build_methods(case: Case, names: Iterable[str] = METHOD_BUILDERS) -> tuple[dict[str, Method], dict[str, str]]:
-    """The available methods for ``case`` and, for the others, why they were skipped."""
+def build_methods(case: Case, names: Iterable[str]) -> tuple[dict[str, Method], dict[str, str]]:
+    """``({name: Method}, {name: why it was skipped})`` for ``names`` on ``case``."""
     methods, skipped = {}, {}
     for name in names:
         try:
-            methods[name] = METHOD_BUILDERS[name](case)
+            methods[name] = BUILDERS[name](case)
         except MethodUnavailable as err:
             skipped[name] = str(err)
     return methods, skipped
 
 
 def compare_maps(maps: dict[str, torch.Tensor], reference: str = REFERENCE, atol: float = 1e-5) -> dict:
-    """Max abs difference of every map set in ``maps`` to ``maps[reference]``, and pass flags.
+    """Max abs difference of every set of maps [B, H, W] to ``maps[reference]``.
 
-    Args:
-        maps: label -> maps [B, H, W], already normalised the same way (min-max per sample).
-        reference: the label the others are compared with.
-        atol: a set passes when its max abs difference is ≤ ``atol``.
-    Returns:
-        ``{"reference", "atol", "methods": {label: {"max_abs_diff", "pass"}}, "pass"}``; a set of the
-        wrong shape fails with ``max_abs_diff`` None.
+    Returns ``{"reference", "atol", "methods": {label: {"max_abs_diff", "pass"}}, "pass"}``; a set
+    of another shape fails with ``max_abs_diff`` None; ``pass`` is False when nothing was compared.
     """
     ref = maps[reference].double()
     per = {}
     for label, m in maps.items():
-        if label == reference:
-            continue
-        diff = float((m.double() - ref).abs().max()) if m.shape == ref.shape else None
-        per[label] = {"max_abs_diff": diff, "pass": diff is not None and diff <= atol}
-    return {"reference": reference, "atol": atol, "methods": per, "pass": all(v["pass"] for v in per.values())}
+        if label != reference:
+            diff = float((m.double() - ref).abs().max()) if m.shape == ref.shape else None
+            per[label] = {"max_abs_diff": diff, "pass": diff is not None and diff <= atol}
+    return {"reference": reference, "atol": atol, "methods": per,
+            "pass": bool(per) and all(v["pass"] for v in per.values())}
 
 
-def comparable_maps(methods: dict[str, Method], outputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The comparable maps of every method that has some (what is compared: ``COMPARED``)."""
+def check_maps(case: Case, methods: dict[str, Method], outputs: dict[str, Any], atol: float) -> Optional[dict]:
+    """:func:`compare_maps` on the outputs of the timed calls (of separate float32 calls when the timed
+    calls ran under bf16 autocast); None when the reference has no output (it failed)."""
+    if case.amp:
+        fp32, _ = build_methods(replace(case, amp=False), [n for n in methods if n in outputs])
+        outputs = {n: m.run() for n, m in fp32.items() if m.maps is not None}
     maps: dict[str, torch.Tensor] = {}
     for name, method in methods.items():
         if method.maps is not None and name in outputs:
             maps.update(method.maps(outputs[name]))
-    return maps
+    return compare_maps(maps, REFERENCE, atol) if REFERENCE in maps else None
 
 
-def _check_outputs(case: Case, methods: dict[str, Method], outputs: dict[str, Any]) -> dict[str, Any]:
-    """Outputs to compare: the timed ones, or one float32 call per method when timed under autocast."""
-    if not case.amp:
-        return outputs
-    fp32, _ = build_methods(replace(case, amp=False), outputs)
-    return {name: m.run() for name, m in fp32.items() if m.maps is not None}
-
-
-def floor_check(case: Case) -> dict:
-    """Whether ``batch_gradcam`` (create_graph=False) runs the network up to the target layer without
-    autograd, so that only the head is differentiated (checked on the first two samples)."""
-    seen: list[bool] = []
-    handle = case.layer.register_forward_pre_hook(lambda mod, inp: seen.append(torch.is_grad_enabled()))
+def loop_frees_graph(case: Case) -> bool:
+    """Whether ``gradcam_loop`` lets its target layer's output (and so its forward graph) be freed on
+    return, on the first two images; False means every call leaks a graph and its memory figure is void."""
+    outs: list[torch.Tensor] = []
+    handle = case.layer_module.register_forward_hook(lambda mod, inp, out: outs.append(out))
     try:
-        batch_gradcam(case.model, case.x[:2], case.layer_name, case.targets[:2])
+        gradcam_loop(case.model, case.x[:2], case.layer, case.targets[:2])
     finally:
         handle.remove()
-    return {"grad_enabled_up_to_target_layer": any(seen), "holds": bool(seen) and not any(seen)}
-
-
-def loop_leak_check(case: Case) -> dict:
-    """Whether ``gradcam_loop`` lets its target layer's output (and so its forward graph) be freed on
-    return (checked on the first two samples; see ``LOOP_LEAK``)."""
-    with _layer_outputs(case.layer) as outs:
-        gradcam_loop(case.model, case.x[:2], case.layer_name, case.targets[:2])
     refs = [weakref.ref(t) for t in outs]
     del outs
     gc.collect()
     alive = [r() for r in refs if r() is not None]
-    _free_graphs(alive)
-    return {"frees_graph_on_return": not alive, "problem": LOOP_LEAK if alive else None}
+    for t in alive:  # free the leaked graph so that the rest of the run is not affected
+        with contextlib.suppress(RuntimeError):
+            t.detach_()
+    return not alive

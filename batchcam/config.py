@@ -1,0 +1,196 @@
+"""``TrainConfig``: everything that defines one training run, validated once, here (chapter 5).
+
+A run is identified by its whole configuration: :attr:`TrainConfig.run_id` is a readable name
+plus a hash of every field that changes the result (:meth:`TrainConfig.result_fields`), so two
+runs that could differ never share a record. :meth:`TrainConfig.validate` checks every value
+before any work starts; :meth:`TrainConfig.check_ready` also builds the model once to check the
+Grad-CAM layer and tries the output folders. Inner functions trust a validated config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ._helpers import resolve_device, unknown_choice
+from .data import DATASETS
+from .losses import DISTANCES, OBJECTIVES, Objective
+from .models import MODEL_SPECS, create_model, list_models
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "NUM_CLASSES", "SSIM_MIN_SIZE"]
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+NUM_CLASSES = 10
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}  # both datasets
+SSIM_MIN_SIZE = 11  # the SSIM metric's Gaussian window: every run reports SSIM
+#: Fields that never change a run's numbers (paths, how long the per-image loop is timed).
+NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples")
+
+
+def _field(default: Any, help: str, choices: Optional[Sequence[str]] = None) -> Any:
+    """A dataclass field whose help text and choices the CLI reuses."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run (chapter 5)."""
+
+    dataset: str = _field("mnist", "dataset", DATASETS)
+    model: str = _field("simplecnn", "architecture (batchcam.list_models())", list_models())
+    objective: str = _field("ce+proto+batchcam", "cross-entropy plus which CAM terms", OBJECTIVES)
+    distance: str = _field("l1", "distance d of both CAM losses", DISTANCES)
+    lambda_proto: float = _field(1.0, "weight λ_P of the Prototype Loss")
+    lambda_batchcam: float = _field(1.0, "weight λ_B of the Batch-CAM Loss")
+    image_size: Optional[int] = _field(None, "input side in px; default: the model's (28; ConvNeXt-V2 112)")
+    layer: Optional[str] = _field(None, "Grad-CAM layer (dotted name); default: the last conv stage")
+    epochs: int = _field(2, "training epochs (0: evaluate the untrained model)")
+    batch_size: int = _field(128, "training batch size (the Batch-CAM Loss averages maps per class)")
+    optimizer: str = _field("adam", "optimiser", OPTIMIZERS)
+    lr: float = _field(1e-3, "learning rate (constant)")
+    weight_decay: float = _field(0.0, "weight decay")
+    seed: int = _field(0, "seed of the weights, the data order and the training subset")
+    device: str = _field("auto", "'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    amp: bool = _field(True, "bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: Optional[bool] = _field(None, "channels-last memory format; default: on CUDA only")
+    n_train: Optional[int] = _field(None, "random training subset of this size (default: all)")
+    n_test: Optional[int] = _field(None, "random test subset of this size (default: all)")
+    data_root: Optional[str] = _field(None, "data folder (default: batchcam.data.default_data_root())")
+    out_dir: str = _field("results", "records go to OUT_DIR/runs, checkpoints to OUT_DIR/checkpoints")
+    eval_cam_loop_samples: int = _field(256, "test samples timed with the per-image loop (0: skip)")
+    eval_faithfulness_samples: int = _field(500, "test samples scored by deletion/insertion AUC (0: skip)")
+
+    # ------------------------------------------------------------------ validation (the edge)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the bad field and the fix; return ``self``. Cheap: no model."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise unknown_choice(f.name.replace("_", "-"), getattr(self, f.name), choices)
+        for name in ("batch_size", "n_train", "n_test", "image_size", "lr"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
+        for name in ("epochs", "lambda_proto", "lambda_batchcam", "weight_decay", "eval_cam_loop_samples",
+                     "eval_faithfulness_samples"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value!r}")
+        for name, split in (("n_train", "train"), ("n_test", "test")):
+            value, total = getattr(self, name), SPLIT_SIZES[split]
+            if value is not None and value > total:
+                raise ValueError(f"--{name.replace('_', '-')} {value} is larger than the {split} split "
+                                 f"({total} images); use at most {total} or leave it out for all")
+        if self.n_train is not None and self.n_train < 2:
+            raise ValueError("--n-train must be ≥ 2 (BatchNorm needs two samples per batch)")
+        spec = MODEL_SPECS[self.model]
+        size = self.image_size or spec.image_size
+        least = max(spec.min_size, SSIM_MIN_SIZE)
+        if size < least:
+            raise ValueError(f"--image-size {size} is too small for {self.model} and the SSIM metric; "
+                             f"use at least {least}")
+        try:
+            resolve_device(self.device)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"--device {self.device!r}: {exc}") from None
+        return self
+
+    def check_ready(self) -> "TrainConfig":
+        """Checks that need more than the values: the layer exists and outputs [B, K, h, w] (one
+        forward of a 2-image batch on CPU), and the record and checkpoint folders are writable."""
+        config = self.resolved()
+        model = create_model(config.model, NUM_CLASSES, 1, config.image_size).eval()
+        seen = {}
+        try:
+            module = model.get_submodule(config.layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n and n.count(".") < 2]
+            raise unknown_choice("layer", config.layer, names) from None
+        handle = module.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+        with torch.no_grad():
+            model(torch.zeros(2, 1, config.image_size, config.image_size))
+        handle.remove()
+        out = seen.get("out")
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            raise ValueError(f"--layer {config.layer!r} does not output a 4-D feature map [B, K, h, w]; "
+                             f"use a convolutional stage such as {MODEL_SPECS[config.model].target_layer!r}")
+        for folder in (Path(config.out_dir) / "runs", Path(config.out_dir) / "checkpoints"):
+            _check_writable(folder)
+        return config
+
+    def resolved(self) -> "TrainConfig":
+        """A validated copy with ``image_size`` and ``layer`` filled in from the model's defaults."""
+        self.validate()
+        spec = MODEL_SPECS[self.model]
+        return dataclasses.replace(self, image_size=self.image_size or spec.image_size,
+                                   layer=self.layer or spec.target_layer)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def device_type(self) -> str:
+        """``"cpu"`` or ``"cuda"`` (what ``device`` resolves to here)."""
+        return resolve_device(self.device).type
+
+    def result_fields(self) -> dict:
+        """Every field that can change the run's numbers, resolved (defaults filled in, amp and
+        channels_last as they take effect), plus the device type. Hashed into :attr:`run_id`."""
+        c = self.resolved()
+        fields = {k: v for k, v in asdict(c).items() if k not in NOT_RESULT_FIELDS}
+        cuda = c.device_type == "cuda"
+        fields.update(device_type=c.device_type, amp=bool(c.amp) and cuda,
+                      channels_last=cuda if c.channels_last is None else bool(c.channels_last))
+        return fields
+
+    @property
+    def config_hash(self) -> str:
+        """First 8 hex digits of the SHA-256 of :meth:`result_fields` (sorted JSON)."""
+        blob = json.dumps(self.result_fields(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+    @property
+    def run_id(self) -> str:
+        """Readable and unique, e.g. ``mnist-simplecnn-ce+proto+batchcam-l1-s28-e2-seed0-cpu-1a2b3c4d``.
+
+        The readable part names the grid axes, subsets and non-default λ or layer; the hash covers
+        every field that changes the result (lr, batch size, optimiser, ...), so ``--lr 0.05`` is
+        another run, never an overwrite.
+        """
+        c = self.resolved()
+        parts = [c.dataset, c.model, c.objective, c.distance, f"s{c.image_size}", f"e{c.epochs}",
+                 f"seed{c.seed}"]
+        if c.lambda_proto != 1.0:
+            parts.append(f"lp{c.lambda_proto:g}")
+        if c.lambda_batchcam != 1.0:
+            parts.append(f"lb{c.lambda_batchcam:g}")
+        if c.layer != MODEL_SPECS[c.model].target_layer:
+            parts.append(f"L{c.layer}")
+        parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)
+        return "-".join(parts + [c.device_type, self.config_hash])
+
+    def objective_spec(self) -> Objective:
+        """The :class:`~batchcam.losses.Objective` this config trains with."""
+        return Objective.from_name(self.objective, self.distance, self.lambda_proto,
+                                   self.lambda_batchcam, NUM_CLASSES)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write to {folder} ({exc.strerror or exc}); "
+                         "choose another --out-dir or fix its permissions") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write to {folder}; choose another --out-dir")
