@@ -39,7 +39,7 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 #: TrainConfig fields that ``reproduce`` can override for the whole grid (the others are axes).
 GRID_OVERRIDES = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "distance", "lambda_proto",
                   "lambda_batchcam", "device", "amp", "channels_last", "n_train", "n_test", "data_root",
-                  "out_dir", "eval_cam_loop_samples")
+                  "out_dir", "eval_cam_loop_samples", "eval_faithfulness_samples")
 
 
 class UsageError(Exception):
