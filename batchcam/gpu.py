@@ -184,7 +184,7 @@ def run(args) -> int:
         device = resolve_device(args.device)
     except (RuntimeError, ValueError) as exc:
         raise ValueError(f"--device {args.device!r}: {exc}") from None
-    start, out = time.perf_counter(), Path(args.out)
+    start, out, wall_start = time.perf_counter(), Path(args.out), time.time()
     left = lambda: args.budget_s - (time.perf_counter() - start)  # noqa: E731
     work = Path(args.work) if args.work else out / "work"
     configs = [dataclasses.replace(c, out_dir=str(work), device=str(device))
