@@ -1,7 +1,7 @@
 # batchcam: `make book` builds the HTML book, `make test` runs every test.
 # Needs only GNU make, bash and python3; everything else goes into .venv/.
 # Fast when nothing changed: the venv is reinstalled only when requirements.txt or
-# pyproject.toml is newer than the stamp .venv/.installed, and prepare-data is a no-op
+# pyproject.toml is newer than the stamp .venv/.installed, and prepare-data only re-verifies
 # when data/ is complete.
 
 SHELL := /bin/bash
