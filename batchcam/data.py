@@ -18,7 +18,6 @@ Chapter 2 loads the test split to explain Grad-CAM; chapter 4 explains the data 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,17 +150,6 @@ def load_split(name: str, train: bool, root: str | os.PathLike | None = None, n:
         raise ValueError(f"n must be in 1..{len(labels)}, got {n}")
     idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
     return images[idx], labels[idx]
-
-
-def __getattr__(attr: str):
-    """``batchcam.data.prepare_data`` moved to ``batchcam.fetch``; the old name works for one release."""
-    if attr == "prepare_data":
-        warnings.warn("batchcam.data.prepare_data moved to batchcam.fetch.prepare_data; import it from there",
-                      FutureWarning, stacklevel=2)
-        from .fetch import prepare_data
-
-        return prepare_data
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 class TensorLoader:

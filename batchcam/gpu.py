@@ -204,9 +204,13 @@ def run(args) -> int:
     (out / "session.json").write_text(json.dumps(info, indent=1))
     new: list[Path] = []
     if args.bench:
-        from .cli import main as cli_main
+        import argparse
+
+        from . import bench
         t0 = time.perf_counter()
-        code = cli_main(["bench", "--device", args.device, *args.bench.split()])
+        parser = argparse.ArgumentParser(prog="gpu-run --bench")
+        bench.add_arguments(parser)
+        code = bench.run(parser.parse_args(["--device", str(device), *args.bench.split()]))
         bench_dir = results_root("bench")
         new += sorted(p for p in bench_dir.glob(f"bench-{device.type}-*.json") if p.stat().st_mtime >= wall_start)
         _log(f"bench exit {code} in {time.perf_counter() - t0:.1f} s")

@@ -9,6 +9,8 @@ non-smoke scale (full data, or a subset of ≥ ``MIN_SUBSET`` training images); 
 shown, never counted. "A beats B" means the difference of means exceeds the larger of the two
 seed standard deviations. A claim is *supported* when it holds in every voting (dataset, model)
 pair, *mixed* when in some, *not supported* when in none, *not testable* without voting pairs.
+Speed claims read chapter 3's controlled benchmark (:func:`bench_ratios`), never per-run timings:
+each measured configuration is one vote.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from collections import defaultdict
 from typing import Iterable, Mapping, Optional, Sequence
 
 __all__ = ["aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
-           "SCALE_PREFERENCE"]
+           "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
 
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
-MIN_SEEDS, MIN_SUBSET, COLLAPSE = 3, 10_000, 0.5
-METRICS = ("accuracy", "l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
-           "train_time_per_epoch_s", "blank_l1", "blank_ssim", "input_l1", "input_ssim")
+MIN_SEEDS, MIN_SUBSET, COLLAPSE, OVERHEAD_MAX = 3, 10_000, 0.5, 1.25
+MAP_METRICS = ("l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype")
+REFERENCE_MAPS = ("maps", "random", "blob", "input", "prototype")  # faithfulness: Grad-CAM + references
+METRICS = ("accuracy", *MAP_METRICS, "train_time_per_epoch_s", "gradcam_batch_s", "gradcam_loop_s_scaled",
+           "session_wall_s", *(f"{b}_{m}" for b in ("blank", "input") for m in MAP_METRICS),
+           *(f"{k}_{r}" for r in REFERENCE_MAPS for k in ("deletion", "insertion")))
 LOSS_OBJECTIVES = ("ce+proto", "ce+batchcam", "ce+proto+batchcam")
+ORDER = {o: i for i, o in enumerate(("ce",) + LOSS_OBJECTIVES + ("random model",))}
+NO_VOTES = "no cell with ≥ 3 seeds at a non-smoke scale"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -38,14 +45,15 @@ def _cell_name(row: Mapping) -> str:
     return "random model" if row["epochs"] == 0 else row["objective"]
 
 
-def aggregate(rows: Iterable[Mapping], distance: str = "l1") -> dict[tuple, dict]:
+def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str] = ()) -> dict[tuple, dict]:
     """Mean ± std over seeds per (dataset, model, objective) at the preferred scale.
 
     Only default-λ records with the given ``distance`` count; ``epochs=0`` records form the
-    ``"random model"`` cell. Each cell: ``{"n", "scale", "votes", "epochs", "n_train",
-    "image_size", "device", "run_ids", "collapsed": seeds with ≥ 50 % dead maps, metric: (mean,
-    std), ...}``.
+    ``"random model"`` cell. ``stale``: run ids that ``results.stale_records`` flags. Each cell:
+    ``{"n", "scale", "votes", "epochs", "n_train", "n_test", "image_size", "device", "run_ids",
+    "collapsed": seeds with ≥ 50 % dead maps, "stale": stale seeds, metric: (mean, std), ...}``.
     """
+    stale = set(stale)
     cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("distance") == distance and r.get("lambda_proto") == 1.0 and r.get("lambda_batchcam") == 1.0:
@@ -61,9 +69,10 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1") -> dict[tuple, dict
         smoke = bool(r0["n_train"]) and r0["n_train"] < MIN_SUBSET
         cell = {"n": len(runs), "scale": scale + (" (smoke)" if smoke else ""),
                 "votes": len(runs) >= MIN_SEEDS and not smoke, "epochs": r0["epochs"],
-                "n_train": r0["n_train"], "image_size": r0["image_size"],
+                "n_train": r0["n_train"], "n_test": r0.get("n_test"), "image_size": r0["image_size"],
                 "device": r0["device_name"] or r0["device"], "run_ids": sorted(r["run_id"] for r in runs),
-                "collapsed": sum(r["dead_fraction"] >= COLLAPSE for r in runs)}
+                "collapsed": sum(r["dead_fraction"] >= COLLAPSE for r in runs),
+                "stale": sum(r["run_id"] in stale for r in runs)}
         for m in METRICS:
             vals = [r[m] for r in runs if r.get(m) is not None]
             cell[m] = _mean_std(vals) if vals else None
@@ -97,33 +106,43 @@ class Table:
 
 
 def _fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:
-    if stat is None:
-        return "—"
-    mean, std = stat
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    return "—" if stat is None else f"{stat[0] * scale:.{digits}f} ± {stat[1] * scale:.{digits}f}"
+
+
+def _budget(cell: Mapping) -> str:
+    k = lambda n: "all" if not n else f"{n / 1000:g}k"  # noqa: E731
+    return f"{cell['epochs']} ep · {k(cell['n_train'])} / {k(cell.get('n_test'))} img · {cell['image_size']} px"
+
+
+def _sorted(agg: Mapping[tuple, dict]) -> list:
+    return sorted(agg.items(), key=lambda kv: (kv[0][:2], ORDER.get(kv[0][2], 9)))
 
 
 def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int, float]],
-                 caption: str = "", baselines: bool = True) -> Table:
-    """One row per cell of ``agg`` (objectives, then the random model, then the blank-map and
-    input-image baselines per (dataset, model) when ``baselines``); ``columns`` maps a header to
-    ``(metric, digits, scale)``. The last columns give seeds, scale and budget."""
-    order = {o: i for i, o in enumerate(("ce",) + LOSS_OBJECTIVES + ("random model",))}
-    rows = []
-    for (ds, model, obj), cell in sorted(agg.items(), key=lambda kv: (kv[0][:2], order.get(kv[0][2], 9))):
-        budget = (f"{cell['epochs']} ep · " + (f"{cell['n_train']} img" if cell["n_train"] else "all")
-                  + f" · {cell['image_size']} px")
-        flag = " ⚠ collapsed" if cell["collapsed"] else ""
+                 caption: str = "", baselines: bool = True, dead: bool = True) -> Table:
+    """One row per cell of ``agg`` (objectives, then the random model, then — when ``baselines``
+    and a column has them — the blank-map and input-image rows per (dataset, model)); ``columns``
+    maps a header to ``(metric, digits, scale)``. ``dead`` adds the dead-map column. The last
+    columns give seeds, scale (``†``: a stale record) and budget (epochs · train / test images ·
+    size). Collapsed cells (≥ 50 % dead maps in some seed) are flagged ``⚠ collapsed``."""
+    columns = dict(columns)
+    if dead and not any(m == "dead_fraction" for m, _, _ in columns.values()):
+        columns["dead maps (%)"] = ("dead_fraction", 1, 100)
+    rows, items = [], _sorted(agg)
+    for i, ((ds, model, obj), cell) in enumerate(items):
+        flag = f" ⚠ collapsed ({cell['collapsed']}/{cell['n']})" if cell["collapsed"] else ""
         rows.append([ds, model, obj + flag, *(_fmt(cell.get(m), d, s) for m, d, s in columns.values()),
-                     cell["n"], cell["scale"], budget])
-        if baselines and obj == "random model" or (baselines and obj == "ce" and
-                                                   (ds, model, "random model") not in agg):
-            for kind in ("blank", "input"):
-                vals = [_fmt(cell.get(f"{kind}_{m}"), d, s) if f"{kind}_{m}" in METRICS
-                        else ("100.0 ± 0.0" if (kind, m) == ("blank", "dead_fraction") else "—")
-                        for m, d, s in columns.values()]
-                rows.append([ds, model, f"{kind} map" if kind == "blank" else "input image", *vals,
-                             "—", "baseline", "same test set"])
+                     cell["n"], cell["scale"] + (" †" if cell.get("stale") else ""), _budget(cell)])
+        if not baselines or (i + 1 < len(items) and items[i + 1][0][:2] == (ds, model)):
+            continue  # baseline rows close each (dataset, model) group
+        group = [c for k, c in items if k[:2] == (ds, model)]
+        ref = next((c for c in reversed(group) if c.get("blank_l1")), None)
+        if ref is None or not any(f"blank_{m}" in METRICS for m, _, _ in columns.values() if m != "dead_fraction"):
+            continue
+        for kind in ("blank", "input"):
+            vals = [_fmt(ref.get(f"{kind}_{m}"), d, s) for m, d, s in columns.values()]
+            rows.append([ds, model, "blank map" if kind == "blank" else "input image", *vals,
+                         "—", "baseline", "same test images"])
     return Table(["dataset", "model", "objective", *columns, "seeds", "scale", "budget"], rows, caption)
 
 
@@ -136,46 +155,54 @@ def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
 def _beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
     if a is None or b is None:
         return None
-    diff = a[0] - b[0] if better == "higher" else b[0] - a[0]
-    return diff > max(a[1], b[1])
+    return (a[0] - b[0] if better == "higher" else b[0] - a[0]) > max(a[1], b[1])
 
 
-def _verdict(results: list[bool]) -> str:
+def _verdict(results: list[bool], missing: str = NO_VOTES) -> str:
     if not results:
-        return "not testable (no cell with ≥ 3 seeds at a non-smoke scale)"
+        return f"not testable ({missing})"
     return "supported" if all(results) else "mixed" if any(results) else "not supported"
 
 
-def _pairs(agg: Mapping[tuple, dict], objective: str):
-    """Voting (dataset, model) pairs with both ``ce`` and ``objective``: (key, ce cell, cell)."""
+def _pairs(agg: Mapping[tuple, dict], objective: str, voting: bool = True):
+    """(dataset, model) pairs with both ``ce`` and ``objective`` that vote (or, with ``voting=False``,
+    that do not): ("dataset/model", ce cell, cell)."""
     for (ds, model) in sorted({k[:2] for k in agg}):
         ce, other = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
-        if ce and other and ce["votes"] and other["votes"]:
+        if ce and other and (ce["votes"] and other["votes"]) == voting:
             yield f"{ds}/{model}", ce, other
+
+
+def _ratios(bench: Optional[Mapping], key: str) -> list[tuple[str, float]]:
+    v = (bench or {}).get(key)
+    return [] if v is None else [("benchmark", v)] if isinstance(v, (int, float)) else list(v)
 
 
 def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
            objective: str = "ce+proto+batchcam") -> list[dict]:
     """The claims of arXiv v1 and v2 with a verdict each, from the records (chapter 6).
 
-    ``bench``: ratios from chapter 3's controlled benchmark, ``{"batch_vs_loop": x,
-    "train_overhead": y}`` (loop time / batch time; loss-step time / ce-step time), or None.
+    ``bench``: chapter 3's controlled benchmark as :func:`bench_ratios` returns it, ``{"batch_vs_loop":
+    [(label, loop time / batch time), ...], "train_overhead": [(label, loss step / ce step), ...]}``
+    (a single number per key is accepted too), or None.
     Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
     """
     out = []
+    shown = [f"{name}: shown, not counted (ce {ce['n']} seed(s) {ce['scale']}; {objective} {c['n']} "
+             f"seed(s) {c['scale']})" for name, ce, c in _pairs(agg, objective, voting=False)]
 
-    def add(version, claim, test, results, evidence):
-        out.append({"version": version, "claim": claim, "test": test, "verdict": _verdict(results),
-                    "evidence": evidence})
+    def add(version, claim, test, results, evidence, missing=NO_VOTES, data=True):
+        out.append({"version": version, "claim": claim, "test": test, "verdict": _verdict(results, missing),
+                    "evidence": evidence + (shown if data else [])})
 
     res, ev = [], []
     for name, ce, c in _pairs(agg, objective):
         res.append(bool(_beats(c["accuracy"], ce["accuracy"], "higher")))
-        ev.append(f"{name}: {c['accuracy'][0]:.2%} vs ce {ce['accuracy'][0]:.2%}")
+        ev.append(f"{name}: {_fmt(c['accuracy'], 2, 100)} % vs ce {_fmt(ce['accuracy'], 2, 100)} %")
     add("v1", "better accuracy", f"{objective} beats ce by more than the seed spread", res, ev)
     comp = [c["accuracy"][0] >= ce["accuracy"][0] - 0.005 - max(c["accuracy"][1], ce["accuracy"][1])
             for _, ce, c in _pairs(agg, objective)]
-    add("v2", "competitive accuracy", "within 0.5 points (plus the seed spread) of ce", comp, ev)
+    add("v2", "competitive accuracy", "within 0.5 points (plus the seed spread) of ce", comp, list(ev))
     res, ev = [], []
     for name, ce, c in _pairs(agg, objective):
         refs = {"ce": ce, "blank": {"l1": ce.get("blank_l1"), "ssim": ce.get("blank_ssim")},
@@ -200,38 +227,73 @@ def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
                   f"corr(map, prototype) {c['corr_prototype'][0]:.3f} vs {ce['corr_prototype'][0]:.3f}")
     add("v2", "more coherent saliency maps", "lower within-class dispersion than ce, without "
         "following the own image less (else a class template wins for free)", res, ev)
-    res, ev = [], []
-    for name, ce, c in _pairs(agg, objective):
-        res.append(bool(_beats(c["train_time_per_epoch_s"], ce["train_time_per_epoch_s"], "lower")))
-        ev.append(f"{name}: {c['train_time_per_epoch_s'][0]:.1f} s/epoch vs ce "
-                  f"{ce['train_time_per_epoch_s'][0]:.1f} s")
-    add("v1", "lower training time", "s/epoch below ce's (per-run records)", res, ev)
-    ratio = (bench or {}).get("train_overhead")
-    add("v2", "minimal computational overhead", "loss step ≤ 1.25 × the ce step (chapter 3's benchmark)",
-        [ratio <= 1.25] if ratio else [], [f"training step time ratio {ratio:.2f}×"] if ratio else [])
-    speed = (bench or {}).get("batch_vs_loop")
-    add("v1", "lower inference time", "batch Grad-CAM faster than the per-image loop (chapter 3)",
-        [speed > 1] if speed else [], [f"loop / batch = {speed:.1f}×"] if speed else [])
+    steps, none = _ratios(bench, "train_overhead"), "no benchmark record with training steps"
+    ev = [f"{k}: step / ce step = {r:.2f}×" for k, r in steps]
+    add("v1", "lower training time", f"a {objective}:l1 training step faster than a ce step (chapter 3's "
+        "benchmark)", [r < 1 for _, r in steps], ev, none, data=False)
+    add("v2", "minimal computational overhead", f"{objective}:l1 step ≤ {OVERHEAD_MAX} × the ce step (chapter "
+        "3's benchmark)", [r <= OVERHEAD_MAX for _, r in steps], list(ev), none, data=False)
+    speed = _ratios(bench, "batch_vs_loop")
+    add("v1", "lower inference time", "batch Grad-CAM faster than the per-image loop at the largest "
+        "batch size (chapter 3's benchmark)", [r > 1 for _, r in speed],
+        [f"{k}: loop / batch = {r:.1f}×" for k, r in speed], "no benchmark record", data=False)
     add("v2", "suppresses spurious features", "decoy-patch relevance and accuracy (chapter 7)", [],
-        ["tested in chapter 7 (Decoy-MNIST), not from the paper grid"])
+        ["needs the Decoy-MNIST grid of chapter 7, not run yet"], "no Decoy-MNIST records", data=False)
     return out
 
 
+def bench_ratios(*records: Optional[Mapping], objective: str = "ce+proto+batchcam:l1") -> dict:
+    """Speed ratios of benchmark records (``results.latest_bench``; None entries are skipped):
+    ``{"batch_vs_loop": [(label, loop / batch at the largest batch size the loop was timed at)],
+    "train_overhead": [(label, ``objective`` step / ce step)]}``, labels ``"cpu resnet18:28 B=256"``."""
+    from .bench import rows
+
+    out: dict[str, list] = {"batch_vs_loop": [], "train_overhead": []}
+    for rec in filter(None, records):
+        dev = rec["config"]["device"]
+        loops = [r for r in rows(rec, "cam") if r["method"] == "gradcam_loop" and r["to_batch_gradcam"]]
+        for key in sorted({(r["model"], r["image_size"]) for r in loops}):
+            r = max((r for r in loops if (r["model"], r["image_size"]) == key), key=lambda r: r["batch_size"])
+            out["batch_vs_loop"].append((f"{dev} {key[0]}:{key[1]} B={r['batch_size']}", r["to_batch_gradcam"]))
+        out["train_overhead"] += [(f"{dev} {r['model']}:{r['image_size']} B={r['batch_size']}", r["to_ce"])
+                                  for r in rows(rec, "train") if r["method"] == objective and r["to_ce"]]
+    return out
+
+
+def faithfulness_table(agg: Mapping[tuple, dict], dataset: str, caption: str = "") -> Table:
+    """Deletion ↓ / insertion ↑ AUC (means over seeds) of each trained cell's Grad-CAM maps and of the
+    reference maps, for one dataset; "beats Grad-CAM" names the references better on deletion or
+    insertion by more than the larger seed std (chapters 6 and 7)."""
+    rows = []
+    for (ds, model, obj), cell in _sorted(agg):
+        if ds != dataset or obj == "random model" or cell.get("deletion_maps") is None:
+            continue
+        vals = [f"{cell[f'deletion_{r}'][0]:.3f} / {cell[f'insertion_{r}'][0]:.3f}" for r in REFERENCE_MAPS]
+        beat = [r for r in REFERENCE_MAPS[1:]
+                if _beats(cell[f"deletion_{r}"], cell["deletion_maps"], "lower")
+                or _beats(cell[f"insertion_{r}"], cell["insertion_maps"], "higher")]
+        rows.append([model, obj, *vals, ", ".join(beat) or "none", cell["n"],
+                     cell["scale"] + (" †" if cell.get("stale") else "")])
+    return Table(["model", "objective", "Grad-CAM", *REFERENCE_MAPS[1:], "beats Grad-CAM", "seeds", "scale"],
+                 rows, caption)
+
+
 def reconstruction_figure(agg: Mapping[tuple, dict], dataset: str, model: str, root=None):
-    """Average reconstruction per class of each objective (first seed of the cell) with the
-    prototypes in the last row: the paper's Figures 2–7 for one (dataset, model) (chapter 6)."""
+    """Average reconstruction per class of each objective and of the untrained model (first seed
+    of each cell) with the prototypes in the last row: the paper's Figures 2–7 for one
+    (dataset, model) (chapter 6)."""
     from .data import class_names
     from .plots import reconstruction_rows
     from .results import load_tensors
 
-    rows, protos, scale = {}, None, ""
-    for (ds, m, obj), cell in sorted(agg.items()):
-        if (ds, m) == (dataset, model) and obj != "random model":
+    rows, protos, scales = {}, None, []
+    for (ds, m, obj), cell in _sorted(agg):
+        if (ds, m) == (dataset, model):
             t = load_tensors(cell["run_ids"][0], root)
-            rows[obj] = t["average_reconstruction"]
-            protos, scale = t["prototypes"], f"{cell['scale']}, {cell['image_size']} px"
+            rows[obj], protos = t["average_reconstruction"], t["prototypes"]
+            scales += [f"{cell['scale']}, {cell['image_size']} px"] if obj != "random model" else []
     if not rows:
         raise ValueError(f"no records for {dataset}/{model}")
     fig = reconstruction_rows({**rows, "prototype": protos}, class_names(dataset))
-    fig.suptitle(f"{dataset} · {model} ({scale})", y=1.02)
+    fig.suptitle(f"{dataset} · {model} ({'; '.join(sorted(set(scales))) or 'untrained only'})", y=1.02)
     return fig

@@ -137,8 +137,9 @@ def _restore(path: Path, config: TrainConfig, model: nn.Module,
              optimizer: torch.optim.Optimizer) -> tuple[int, list]:
     """Load a checkpoint into ``model`` and ``optimizer``; return (next epoch, history so far)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    diff = {k: (ckpt["config"].get(k), v) for k, v in asdict(config).items()
-            if k not in RESUMABLE_DIFFERENCES and ckpt["config"].get(k) != v}
+    saved = TrainConfig(**{**ckpt["config"], "device": config.device}).result_fields()
+    now = config.result_fields()
+    diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path} was written by another configuration ({detail}); "

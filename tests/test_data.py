@@ -328,16 +328,6 @@ def test_data_module_does_not_import_fetching_code():
     assert not names & {"fetch", ".fetch", "subprocess", "socket", "urllib", "torchvision", "tempfile"}, names
 
 
-def test_old_prepare_data_name_still_works_with_a_warning():
-    with pytest.warns(FutureWarning, match="batchcam.fetch"):
-        assert data.prepare_data is fetch.prepare_data
-    with pytest.raises(AttributeError):
-        data.no_such_name
-
-
-# --------------------------------------------------------------------------- fetching and verifying
-
-
 def test_prepare_hashes_every_time(fake_root, hash_calls):
     root, _ = fake_root
     fetch.prepare_data(root, datasets=("mnist",))
