@@ -247,3 +247,19 @@ def usage_error(capsys):
         return lines[0], elapsed
 
     return check
+
+
+@pytest.fixture
+def nan_after_first_step(monkeypatch):
+    """Make the training loss NaN from the second step on (``batchcam.train.objective_loss``)."""
+    import batchcam.train as T
+
+    real, steps = T.objective_loss, []
+
+    def later_nan(*args, **kwargs):
+        terms, logits = real(*args, **kwargs)
+        steps.append(1)
+        return ({**terms, "total": terms["total"] * float("nan")} if len(steps) > 1 else terms), logits
+
+    monkeypatch.setattr(T, "objective_loss", later_nan)
+    return steps
