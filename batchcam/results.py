@@ -14,6 +14,7 @@ a JSON whose tensors do not match is not complete. A record is never replaced un
 
 from __future__ import annotations
 
+import ast
 import datetime
 import hashlib
 import io
@@ -248,8 +249,10 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> O
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]``.
 
-    A record is stale when it was made from a dirty tree, names no commit, or when a file that
-    affects results (``RESULT_FILES``) differs between its commit and HEAD.
+    A record is stale when it was made from a dirty tree, names no commit, or when the code of a
+    file that affects results (``RESULT_FILES``) differs between its commit and HEAD. Code means
+    the file's syntax tree without docstrings and comments: a documentation change never changes
+    a number, so it does not make a record stale.
     """
     root = Path(root) if root is not None else results_root("runs")
     out, cache = [], {}
@@ -265,7 +268,9 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
             reason = "made from a dirty tree"
         else:
             if commit not in cache:
-                cache[commit] = git("diff", "--name-only", commit, "HEAD", "--", *RESULT_FILES)
+                names = git("diff", "--name-only", commit, "HEAD", "--", *RESULT_FILES)
+                cache[commit] = None if names is None else " ".join(
+                    f for f in names.split() if _code(git("show", f"{commit}:{f}")) != _code(git("show", f"HEAD:{f}")))
             changed = cache[commit]
             if changed is None:
                 reason = f"commit {commit[:9]} is not in this repository"
@@ -274,3 +279,19 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
         if reason:
             out.append({"run_id": path.stem, "commit": commit, "reason": reason})
     return out
+
+
+def _code(source: Optional[str]) -> Optional[str]:
+    """The syntax tree of a Python source without docstrings (comments are not in it); None if absent."""
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)

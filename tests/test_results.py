@@ -269,3 +269,11 @@ def test_every_committed_record_loads():
         record = R.load_record(path)
         if record["runtime"]["device_type"] == "cpu":
             assert TrainConfig(**{**record["config"], "device": "cpu"}).run_id == record["run_id"] == path.stem
+
+
+def test_a_docstring_change_does_not_make_a_record_stale():
+    from batchcam.results import _code
+
+    before = 'def f(x):\n    """Old words."""\n    return x + 1  # a comment\n'
+    assert _code(before) == _code('def f(x):\n    """New words, chapter 5."""\n    return x + 1\n')
+    assert _code(before) != _code('def f(x):\n    """Old words."""\n    return x + 2\n')
