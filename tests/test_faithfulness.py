@@ -237,6 +237,8 @@ def test_jit_inference_model_matches_eager():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("BATCHCAM_SPEED") != "1",
+                    reason="a timing target for an idle 2-core machine: BATCHCAM_SPEED=1 runs it")
 def test_speed_10k_images_simplecnn():
     """Deletion + insertion, 10 000 MNIST test images, SimpleCNN, 28 steps, in ≤ 60 s on 2 idle
     CPU cores (compiled bfloat16 model). On a shared machine the budget grows with the load
@@ -267,5 +269,4 @@ def test_speed_10k_images_simplecnn():
     ref = deletion_insertion(model, x[:200], maps[:200], labels[:200], steps=28)
     for k in ("deletion", "insertion"):
         assert (out[k][:200] - ref[k]).abs().max() < 0.02, k  # bfloat16 against float32
-    busy = max(1.0, min(load0, load2) / os.cpu_count())
-    assert t2 - t0 < 60 * busy
+    assert t2 - t0 < 60, f"{t2 - t0:.1f} s for 10 000 images (target: 60 s on 2 idle cores)"
