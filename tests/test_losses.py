@@ -282,6 +282,14 @@ def test_class_prototypes_are_c_h_w_by_hand():
         bc.class_prototypes(imgs, torch.tensor([0, 0, 1]), 3)
 
 
+def test_class_prototypes_refuse_float_labels_and_0_255_floats():
+    imgs = torch.tensor([[[[0, 255]]], [[[255, 255]]], [[[51, 0]]]], dtype=torch.uint8)
+    with pytest.raises(TypeError, match="integer class indices"):
+        bc.class_prototypes(imgs, torch.tensor([0.0, 0.7, 1.0]), 2)  # was truncated to [0, 0, 1]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bc.class_prototypes(imgs.float(), torch.tensor([0, 0, 1]), 2)  # was clamped to 1 silently
+
+
 # --------------------------------------------------------------------------- reconstruction metrics
 
 
