@@ -26,7 +26,7 @@ CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 def make_decoy(images: torch.Tensor, labels: torch.Tensor, *, train: bool, seed: int,
                patch: int = 4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Add the decoy patch to every image (a new tensor; the input is not modified).
+    """Add the decoy patch to every image (a new tensor; the input is not modified; chapter 7).
 
     Random draws, in this order, from ``torch.Generator().manual_seed(seed)`` (CPU): ``bottom``
     [N] and ``right`` [N] (fair coins, ``randint(0, 2)``), then, in test only, ``r`` [N]
@@ -69,7 +69,7 @@ def make_decoy(images: torch.Tensor, labels: torch.Tensor, *, train: bool, seed:
 def decoy_split(name: str, train: bool, seed: int, root: Union[str, os.PathLike, None] = None,
                 n: Optional[int] = None, *, subset_seed: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Load a split with :func:`batchcam.data.load_split` and add the decoy (:func:`make_decoy`).
+    """Load a split with :func:`batchcam.data.load_split` and add the decoy (:func:`make_decoy`; chapter 7).
 
     ``seed`` drives the decoy; ``subset_seed`` the optional subset of ``n`` images (kept separate so
     that several decoy seeds share the same images). Returns ``(images uint8 [N, 1, 28, 28],
@@ -81,8 +81,9 @@ def decoy_split(name: str, train: bool, seed: int, root: Union[str, os.PathLike,
 
 
 def sha256(tensor: torch.Tensor) -> str:
-    """Hex SHA-256 of the tensor's raw bytes in C order (``hashlib.sha256(t.numpy().tobytes())``);
-    shape and dtype are not hashed, so record them beside it."""
+    """Hex SHA-256 of a tensor of any shape (e.g. decoyed images [N, 1, H, W]): its raw bytes in C order
+    (``hashlib.sha256(t.numpy().tobytes())``; bool as uint8). Shape and dtype are not hashed, so record
+    them beside it. Chapter 7: a fingerprint that pins a decoy split down to the byte."""
     t = tensor.detach().cpu().contiguous()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
@@ -90,7 +91,7 @@ def sha256(tensor: torch.Tensor) -> str:
 
 
 def relevance_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Share of each map's mass inside the mask, ``Σ map·mask / Σ map`` → [N] in [0, 1].
+    """Share of each map's mass inside the mask, ``Σ map·mask / Σ map`` → [N] in [0, 1] (chapter 7).
 
     Args: maps [N, H, W], non-negative (Grad-CAM maps); mask [N, H, W] bool (the decoy patch).
     An all-zero map has no mass and gets 0 (it points at nothing, so not at the decoy either).

@@ -61,22 +61,22 @@ TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN = "BATCHCAM_DIST_TIMEOUT_MIN", 60
 
 def launched_by_torchrun() -> bool:
     """Whether torchrun (or Slurm via ``submitit``'s ``TorchDistributedEnvironment``) set ``RANK`` and
-    ``WORLD_SIZE`` for this process."""
+    ``WORLD_SIZE`` for this process (chapter 6, "run it yourself")."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def shard(idx: torch.Tensor, rank: int, world_size: int) -> tuple[torch.Tensor, float]:
-    """This rank's part of a global batch ``idx`` [B] and its loss weight.
+    """This rank's part of a global batch ``idx`` [B] and its loss weight (chapter 6, torchrun).
 
-    Returns ``(idx[rank::world_size], W·B_r/B)``; the weight makes DDP's gradient mean equal the
-    gradient of the mean over the whole batch (module docstring).
+    Returns ``(idx[rank::world_size], W·B_r/B)``: the shard [B_r] and a float; the weight makes DDP's
+    gradient mean equal the gradient of the mean over the whole batch (module docstring).
     """
     mine = idx[rank::world_size]
     return mine, world_size * len(mine) / len(idx)
 
 
 class ShardedLoader(TensorLoader):
-    """:class:`~batchcam.data.TensorLoader` that yields this rank's shard of every global batch.
+    """:class:`~batchcam.data.TensorLoader` that yields this rank's shard of every global batch (chapter 6).
 
     Same arguments as ``TensorLoader`` (``batch_size`` is the *global* B) plus ``rank`` and
     ``world_size``. Every rank draws the same permutation (``seed + epoch``, CPU generator), cuts
@@ -217,7 +217,7 @@ def _device(device: str | torch.device | None, local_rank: int) -> torch.device:
 
 
 def setup(device: str | torch.device | None = "auto") -> Context:
-    """The :class:`Context` of this process; joins the process group on first call under torchrun.
+    """The :class:`Context` of this process; joins the process group on first call under torchrun (chapter 6).
 
     ``device`` is ``TrainConfig.device``: on CUDA each process takes ``cuda:LOCAL_RANK`` and NCCL,
     on CPU gloo. A process group that is already initialised (e.g. by a test, or by the caller) is
@@ -242,6 +242,6 @@ def setup(device: str | torch.device | None = "auto") -> Context:
 
 
 def teardown() -> None:
-    """Leave the process group, if this process joined one (end of ``python -m batchcam train``)."""
+    """Leave the process group, if this process joined one (end of ``python -m batchcam train``; chapter 6)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -41,8 +41,8 @@ def _check(images: torch.Tensor, maps: torch.Tensor, targets) -> tuple[torch.Ten
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float = 5.0, kernel_size: int = 11) -> torch.Tensor:
-    """Blur [N, C, H, W] by a normalised ``kernel_size``² Gaussian of std ``sigma`` px, zero
-    padding. The defaults (11 × 11, σ = 5 px) are RISE's reference code's: the "blur" baseline."""
+    """Blur [N, C, H, W] → [N, C, H, W] by a normalised ``kernel_size``² Gaussian of std ``sigma`` px, zero
+    padding. The defaults (11 × 11, σ = 5 px) are RISE's reference code's: the "blur" baseline (chapter 7)."""
     r = kernel_size // 2
     g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
     g = (g / g.sum()).to(images.device, images.dtype)
@@ -75,7 +75,7 @@ def _eval(model):
 def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor, targets, *,
                        steps: int = 28, baseline: str = "zero", batch_size: int = 2048,
                        skip_unchanged: bool = True) -> dict[str, torch.Tensor]:
-    """Deletion and insertion AUC of each map (RISE), batched over images and steps.
+    """Deletion and insertion AUC of each map (RISE), batched over images and steps (chapter 7).
 
     Pixels are ranked by map value, descending; ties keep row-major pixel order (stable sort). At
     step ``s`` = 0..steps the ``n_s = (s·H·W) // steps`` top pixels (all channels) are moved:
@@ -137,7 +137,7 @@ def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor
 def noisy_linear_imputation(images: torch.Tensor, missing: torch.Tensor, *, noise: float = 0.01,
                             generator: Optional[torch.Generator] = None, tol: float = 1e-8,
                             max_iter: Optional[int] = None) -> torch.Tensor:
-    """ROAD's noisy linear imputation of the ``missing`` pixels of each image.
+    """ROAD's noisy linear imputation of the ``missing`` pixels of each image (chapter 7).
 
     Each missing pixel is the weighted mean of its in-image 8 neighbours (weights 1/6 edge, 1/12
     diagonal, renormalised at the border), known pixels fixed: one sparse linear system per image
@@ -187,16 +187,16 @@ def road(model: Callable, images: torch.Tensor, maps: torch.Tensor, targets, *,
          percents: Sequence[float] = ROAD_PERCENTS, noise: float = 0.01,
          generator: Optional[torch.Generator] = None, batch_size: int = 2048,
          tol: float = 1e-8) -> dict[str, torch.Tensor]:
-    """ROAD scores (Rong et al. 2022), as pytorch-grad-cam 1.5 defines them.
+    """ROAD scores (Rong et al. 2022), as pytorch-grad-cam 1.5 defines them (chapter 7).
 
-    For each ``p`` in ``percents`` (the share of pixels *removed*, %), let ``q = 100 − p``: MoRF
-    imputes the pixels whose map value is ≥ the ``q``-th percentile of the map (linear
-    interpolation, as ``numpy.percentile``); LeRF those whose ``1 − map`` is ≥ the ``q``-th
-    percentile of ``1 − map``. (pytorch-grad-cam's ``percentile`` argument is this ``q``, the share
-    kept.) A score is the target-class softmax probability after imputation minus before (their
-    ``ClassifierOutputSoftmaxTarget`` with ``return_diff``); ``combined = mean_p (LeRF − MoRF)/2``
-    is their ``ROADCombined``: higher is more faithful. Imputation: :func:`noisy_linear_imputation`.
-    Returns ``{"morf": [N, P], "lerf": [N, P], "combined": [N], "prob": [N] (before imputation)}``.
+    For each ``p`` in ``percents`` (the share of pixels *removed*, %), let ``q = 100 − p``: MoRF imputes the pixels
+    whose map value is ≥ the ``q``-th percentile of the map (linear interpolation, as ``numpy.percentile``); LeRF
+    those whose ``1 − map`` is ≥ the ``q``-th percentile of ``1 − map``. (pytorch-grad-cam's ``percentile`` argument
+    is this ``q``, the share kept.) A score is the target-class softmax probability after imputation minus before
+    (their ``ClassifierOutputSoftmaxTarget`` with ``return_diff``); ``combined = mean_p (LeRF − MoRF)/2`` is their
+    ``ROADCombined``: higher is more faithful. Imputation: :func:`noisy_linear_imputation`. Images [N, C, H, W],
+    maps [N, H, W], targets [N] → ``{"morf": [N, P], "lerf": [N, P], "combined": [N], "prob": [N] (before
+    imputation)}``.
     """
     x, maps, t = _check(images, maps, targets)
     pct = torch.as_tensor(percents, dtype=torch.float64)

@@ -60,10 +60,10 @@ def describe(device: torch.device) -> dict:
 
 
 def smoke_test(device: torch.device, models=GRID_MODELS) -> dict:
-    """Every path a GPU run uses, on small inputs (≤ 30 s on a GPU): bf16 autocast and
-    channels_last forward, batch Grad-CAM equal to the per-image loop, one training step of each
-    objective with ``create_graph`` (on CUDA under ``set_sync_debug_mode("error")``: a step that
-    waits for the GPU fails), data resident on the device, peak memory. Raises on failure."""
+    """Every path a GPU run uses, on small inputs x [16, 1, S, S], y [16] (≤ 30 s on a GPU; chapter 6): bf16
+    autocast and channels_last forward, batch Grad-CAM equal to the per-image loop, one training step of each
+    objective with ``create_graph`` (on CUDA under ``set_sync_debug_mode("error")``: a step that waits for the
+    GPU fails), data resident on the device, peak memory. Raises on failure."""
     from .cam import batch_gradcam, gradcam_loop
     from .data import TensorLoader
 
@@ -161,6 +161,7 @@ def _estimate_s(config: TrainConfig, measured: dict, data) -> float:
 
 
 def add_arguments(p) -> None:
+    """The ``gpu-run`` flags on the argparse parser ``p`` (chapter 6, "run it yourself")."""
     p.add_argument("--budget-s", type=float, default=500, help="wall-clock budget in seconds")
     p.add_argument("--out", default="gpu-out", help="folder for records.tar.gz and the log")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (the tests)")
@@ -177,7 +178,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    """The whole session; exit code 0, or 3 when the smoke test failed."""
+    """The whole ``gpu-run`` session (chapter 6); exit code 0, or 3 when the smoke test failed."""
     if not 0 < args.budget_s < float("inf"):
         raise ValueError(f"--budget-s must be a finite number of seconds > 0, got {args.budget_s}")
     try:
@@ -245,7 +246,7 @@ def run(args) -> int:
 
 
 def unpack(archive: Path, dest: Path, force: bool = False) -> list[str]:
-    """Verify and extract a ``records.tar.gz`` into ``dest`` (``results/``): only ``runs/`` and
+    """Verify and extract a ``records.tar.gz`` into ``dest`` (``results/``; chapter 6): only ``runs/`` and
     ``bench/`` JSON and tensors files; each run record must be complete (tensors match). Nothing is
     added unless every record verifies and, without ``force``, no file would be replaced."""
     staging = dest / ".unpack"
@@ -279,12 +280,14 @@ def unpack(archive: Path, dest: Path, force: bool = False) -> list[str]:
 
 
 def add_unpack_arguments(p) -> None:
+    """The ``unpack`` flags on the argparse parser ``p`` (chapter 6)."""
     p.add_argument("archive", help="records.tar.gz from gpu-run")
     p.add_argument("--dest", default=None, help="results folder (default: the committed results/)")
     p.add_argument("--force", action="store_true", help="replace existing files")
 
 
 def run_unpack(args) -> int:
+    """``python -m batchcam unpack ARCHIVE``: :func:`unpack` into ``results/`` and print the count (chapter 6)."""
     dest = Path(args.dest) if args.dest else results_root("runs").parent
     if not Path(args.archive).is_file():
         raise ValueError(f"{args.archive}: no such file")

@@ -68,6 +68,7 @@ GRIDS = {"paper": paper_grid}
 
 
 def pending(configs: Iterable[TrainConfig], root: Optional[str | Path] = None) -> list[TrainConfig]:
-    """The configurations without a complete record (in ``root``, default ``<out_dir>/runs``)."""
+    """The configurations without a complete record (in ``root``, default ``<out_dir>/runs``), in order;
+    ``reproduce``, ``gpu-run`` and the submitit launcher run only these (chapter 6)."""
     return [c for c in configs
             if not is_complete(c.run_id, root if root is not None else Path(c.out_dir) / "runs")]

@@ -47,7 +47,7 @@ ALIVE_SLURM = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "S
 
 
 class TrainJob:
-    """What one submitit job runs: ``fit`` + ``write_run`` for each of its configurations, in order.
+    """What one submitit job runs: ``fit`` + ``write_run`` for each of its configurations, in order (chapter 6).
 
     Skips a run already recorded (another job may have written it). With several tasks (one per GPU)
     it exports submitit's torch.distributed environment, so ``fit`` trains with DDP and rank 0
@@ -95,7 +95,7 @@ def distributed_fit(config: TrainConfig):
 
 @dataclasses.dataclass
 class SubmititOptions:
-    """Where and how the jobs run (the ``reproduce --launcher submitit`` flags)."""
+    """Where and how the jobs run (the ``reproduce --launcher submitit`` flags; chapter 6)."""
 
     cluster: str = "auto"  # one of CLUSTERS; auto: submitit's choice (slurm if available, else local)
     folder: Optional[str] = None  # logs; default <out_dir>/checkpoints/submitit
@@ -120,7 +120,7 @@ def resolve_cluster(cluster: str) -> str:
 
 @contextlib.contextmanager
 def assume_cuda(enabled: bool = True) -> Iterator[None]:
-    """Name and validate runs as on a GPU node, on a machine without CUDA (a Slurm login node).
+    """Name and validate runs as on a GPU node, on a machine without CUDA (a Slurm login node; chapter 6).
 
     A run's id holds the device type its ``--device`` resolves to, and ``--device cuda`` is refused
     where CUDA is missing. Inside this block ``auto`` and ``cuda[:i]`` resolve to CUDA without
@@ -197,7 +197,7 @@ def _executor(opts: SubmititOptions, cluster: str, folder: Path, gpus: int, task
 
 
 def submit_runs(configs: Sequence[TrainConfig], opts: SubmititOptions) -> int:
-    """Submit the pending ``configs`` (validated; see ``batchcam.grid.pending``); return an exit code.
+    """Submit the pending ``configs`` (validated; see ``batchcam.grid.pending``); return an exit code (chapter 6).
 
     Runs with a job still queued or running here are left out. Prints one line per job: its id,
     its runs and its log. With ``opts.wait`` (always for ``debug``) waits and reports the records.
@@ -250,7 +250,7 @@ def submit_runs(configs: Sequence[TrainConfig], opts: SubmititOptions) -> int:
 
 
 def add_arguments(p) -> None:
-    """The ``reproduce`` flags of this launcher."""
+    """The ``reproduce`` flags of this launcher, added to the argparse parser ``p`` (chapter 6)."""
     g = p.add_argument_group("cluster (--launcher submitit; pip install batchcam[cluster])")
     g.add_argument("--submitit-cluster", choices=CLUSTERS, default="auto",
                    help="slurm job array, local background jobs, or debug (in this process); "
@@ -272,7 +272,7 @@ def add_arguments(p) -> None:
 
 
 def options_from_args(args) -> SubmititOptions:
-    """The :class:`SubmititOptions` of parsed ``reproduce`` arguments (positive integers checked)."""
+    """The :class:`SubmititOptions` of parsed ``reproduce`` arguments (positive integers checked; chapter 6)."""
     for name in ("timeout_min", "array_parallelism", "cpus_per_task"):
         value = getattr(args, name)
         if value is not None and value < 1:

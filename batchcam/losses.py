@@ -111,7 +111,8 @@ class Objective:
     """``L = CE + λ_P·L_P + λ_B·L_B`` as data: the CAM terms and their weights (chapter 5).
 
     ``weights`` maps ``"proto"`` / ``"batchcam"`` to λ; a term absent from ``weights`` is not
-    computed (one with λ = 0 is computed and weighted by 0, so its value is still reported). ``distance`` is the ``d`` of both terms; ``num_classes`` sizes the class means.
+    computed (one with λ = 0 is computed and weighted by 0, so its value is still reported).
+    ``distance`` is the ``d`` of both terms; ``num_classes`` sizes the class means.
     """
 
     weights: tuple[tuple[str, float], ...] = ()

@@ -21,17 +21,16 @@ __all__ = ["SimpleCNN", "create_model", "list_models", "default_target_layer", "
 class SimpleCNN(nn.Module):
     """A small CNN for 28×28 greyscale images (our stand-in for the paper's "CNN"; chapter 2).
 
-    ``features`` (the Grad-CAM layer) is four 3×3 conv + BatchNorm + ReLU blocks with one
-    max-pool: a 14×14 grid for 28-px inputs, receptive field 16 px (with three blocks, 12 px,
-    the pooled features saw only parts of a digit and test accuracy stayed near 98 %).
-    ``head`` is global average pooling and one linear layer (CAM's setting). As with any linear head, ``∂z_c/∂A_kij = W_ck / (h·w)``
-    for every input, so α is a constant per class and Grad-CAM is ``ReLU(CAM_c) / (h·w)``; the
-    map depends on the input through the features ``A``. What the head changes: CAM decomposes
-    the logit, ``z_c = b_c + mean_ij CAM_c``, so the map of a class the model predicts has
-    positive mass. (A flatten + linear head averages position-specific weights into α, which can
-    cancel: it left 37 % of the maps all zero.) Nothing after ``features`` mixes samples. Its
-    BatchNorm statistics are recomputed after each epoch (``batchcam.train.recalibrate_batchnorm``),
-    which closes a train/eval accuracy gap of several points.
+    ``features`` (the Grad-CAM layer) is four 3×3 conv + BatchNorm + ReLU blocks with one max-pool: a 14×14 grid
+    for 28-px inputs, receptive field 16 px (with three blocks, 12 px, the pooled features saw only parts of a
+    digit and test accuracy stayed near 98 %). ``head`` is global average pooling and one linear layer (CAM's
+    setting). As with any linear head, ``∂z_c/∂A_kij = W_ck / (h·w)`` for every input, so α is a constant per
+    class and Grad-CAM is ``ReLU(CAM_c) / (h·w)``; the map depends on the input through the features ``A``. What
+    the head changes: CAM decomposes the logit, ``z_c = b_c + mean_ij CAM_c``, so the map of a class the model
+    predicts has positive mass. (A flatten + linear head averages position-specific weights into α, which can
+    cancel: it left 37 % of the maps all zero.) Nothing after ``features`` mixes samples. Its BatchNorm
+    statistics are recomputed after each epoch (``batchcam.train.recalibrate_batchnorm``), which closes a
+    train/eval accuracy gap of several points.
 
     Shapes: ``x`` [B, in_chans, S, S] → logits [B, num_classes]; ``features(x)`` [B, 2·width, S/2, S/2].
     """
@@ -72,7 +71,8 @@ def _convnextv2_tiny(num_classes: int, in_chans: int, image_size: int) -> nn.Mod
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the registry knows about one architecture."""
+    """What the registry knows about one architecture (chapter 2): ``build(num_classes, in_chans, image_size)``
+    gives a model mapping [B, in_chans, S, S] → [B, num_classes] whose ``target_layer`` outputs [B, K, h, w]."""
 
     build: Callable[[int, int, int], nn.Module]  # (num_classes, in_chans, image_size) -> model, random weights
     target_layer: str  # dotted name of the last convolutional stage (the default Grad-CAM layer)
@@ -88,7 +88,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
+    """Names accepted by :func:`create_model` (chapter 2 introduces them)."""
     return list(MODEL_SPECS)
 
 
@@ -99,7 +99,7 @@ def _spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, num_classes: int = 10, in_chans: int = 1, image_size: int | None = None) -> nn.Module:
-    """Build a registered model with random weights.
+    """Build a registered model with random weights (chapter 2; chapter 6 trains all three).
 
     Args:
         name: one of :func:`list_models` (``"simplecnn"``, ``"resnet18"``, ``"convnextv2_tiny"``).
@@ -125,10 +125,10 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, image_size
 
 
 def default_target_layer(model_or_name: nn.Module | str) -> str:
-    """Dotted name of the last convolutional stage: ``"features"``, ``"layer4"`` or ``"stages.3"``.
+    """Dotted name of the last convolutional stage: ``"features"``, ``"layer4"`` or ``"stages.3"`` (chapter 2).
 
-    For a model not built by :func:`create_model`, the last top-level child that contains a
-    ``Conv2d`` is returned.
+    That layer's output is the feature map [B, K, h, w] that Grad-CAM weights. For a model not built
+    by :func:`create_model`, the last top-level child that contains a ``Conv2d`` is returned.
     """
     if isinstance(model_or_name, str):
         return _spec(model_or_name).target_layer

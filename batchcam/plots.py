@@ -1,16 +1,11 @@
-"""Figures for the book. Every function returns a ``matplotlib.figure.Figure`` (nothing is shown or saved).
+"""Figures for the book (used from every chapter). Every function returns a ``matplotlib.figure.Figure`` (nothing
+is shown or saved) and its docstring names the chapter and figure. One style, set here only (:func:`book_style`):
 
-Used from every chapter; the figure each function draws is named in its docstring.
-
-Every figure has one style, set here and nowhere else (:func:`book_style`):
-
-- stored PNGs at :data:`DPI` (150) dots per inch, figures at most :data:`MAX_WIDTH` (8) inches
-  wide, so that the book's text column shows them at about two thirds of their pixel size;
-- text of at least :data:`FONT_SIZE` (9) points at the figure's size;
-- perceptually uniform colour maps: :data:`CAM_CMAP` (viridis) for Grad-CAM maps, reconstructions
-  and prototypes, grey for images; every heatmap figure has a colour bar;
-- one fixed colour per training objective (:data:`OBJECTIVE_COLORS`) in every plot that shows
-  objectives, and a colour-blind-safe cycle (Okabe–Ito) for everything else.
+- PNGs at :data:`DPI` (150) dots per inch, at most :data:`MAX_WIDTH` (8) inches wide (the book's text column
+  shows them at about two thirds of their pixel size); text of at least :data:`FONT_SIZE` (9) points;
+- perceptually uniform :data:`CAM_CMAP` (viridis) for Grad-CAM maps, reconstructions and prototypes, grey for
+  images; every heatmap figure has a colour bar;
+- one fixed colour per training objective (:data:`OBJECTIVE_COLORS`); the colour-blind-safe Okabe–Ito cycle otherwise.
 """
 
 from __future__ import annotations
@@ -42,8 +37,7 @@ FONT_SIZE = 9
 TITLE_SIZE = 10
 #: Colour map of Grad-CAM maps, reconstructions and prototypes (perceptually uniform).
 CAM_CMAP = "viridis"
-#: One colour per training objective of the paper (Okabe–Ito, colour-blind safe), used by every plot
-#: whose lines or labels are objectives.
+#: One colour per training objective of the paper (Okabe–Ito, colour-blind safe), in every plot of objectives.
 OBJECTIVE_COLORS = {
     "ce": "#555555",                 # grey: the baseline
     "ce+proto": "#0072B2",           # blue
@@ -75,14 +69,9 @@ BOOK_RC = {
 
 @contextmanager
 def book_style():
-    """Context manager: the book's matplotlib style (:data:`BOOK_RC`) for the figures made inside it.
-
-    Every function of this module already draws inside it; use it for a one-off figure::
-
-        with plots.book_style():
-            fig, ax = plots.subplots()
-            ax.plot(...)
-    """
+    """Context manager: the book's matplotlib style (:data:`BOOK_RC`) for the figures made inside it (chapter 4
+    draws its own figures of maps, [H, W] each, in it). Every function here already draws inside it; for a
+    one-off figure: ``with plots.book_style(): fig, ax = plots.subplots(); ax.plot(...)``."""
     with mpl.rc_context(BOOK_RC):
         yield
 
@@ -97,13 +86,12 @@ def _styled(fn):
 
 
 def objective_color(name: str, default: Optional[str] = None) -> Optional[str]:
-    """The fixed colour of a training objective (``"ce"``, ``"ce+proto"``, ...), else ``default``."""
+    """The fixed colour of a training objective (``"ce"``, ``"ce+proto"``, ...), else ``default`` (chapters 4–6)."""
     return OBJECTIVE_COLORS.get(str(name), default)
 
 
 def _fit(width: float, height: float) -> tuple[float, float]:
-    """Scale a figure size down (keeping its aspect) so that it is at most :data:`MAX_WIDTH` wide,
-    rounded to whole pixels at :data:`DPI` (so that the ``<Figure size WxH>`` text is stable)."""
+    """Shrink a figure size (same aspect) to ≤ :data:`MAX_WIDTH` wide, in whole pixels at :data:`DPI` (stable repr)."""
     scale = min(1.0, MAX_WIDTH / width)
     return round(width * scale * DPI) / DPI, round(height * scale * DPI) / DPI
 
@@ -121,9 +109,9 @@ def _wrap(text: str, width_in: float, fontsize: float = FONT_SIZE) -> str:
 
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True, layout=None):
-    """Like ``plt.subplots`` but the Figure is not registered with pyplot: a notebook shows it once,
-    as the cell's value, and a script never leaks open figures. Figures have the book's resolution
-    (:data:`DPI`); ``layout`` is matplotlib's (``None``, ``"constrained"``, ``"tight"``)."""
+    """Like ``plt.subplots`` but the Figure is not registered with pyplot: a notebook shows it once, as the
+    cell's value, and a script never leaks open figures. The book's resolution (:data:`DPI`); ``layout`` is
+    matplotlib's (``None``, ``"constrained"``, ``"tight"``). Chapters 4 and 6 draw their own figures with it."""
     fig = Figure(figsize=figsize, dpi=DPI, layout=layout)
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
@@ -146,9 +134,8 @@ def colorbar(fig: Figure, axes, cmap: str, label: str, vmin: float = 0.0, vmax: 
 
 
 def overlay(ax, image, cam, alpha: float = 0.5, title: Optional[str] = None):
-    """Draw ``image`` in grey with ``cam`` ([H, W] in [0, 1]) on top in :data:`CAM_CMAP`.
-
-    Returns the map's ``AxesImage`` (for a colour bar)."""
+    """Draw ``image`` [H, W] or [1, H, W] in grey, ``cam`` [H, W] in [0, 1] on top in :data:`CAM_CMAP` (chapter 2;
+    chapter 4's explorer). Returns the map's ``AxesImage`` (for a colour bar)."""
     ax.imshow(to_numpy(image), cmap="gray", vmin=0, vmax=1)
     im = ax.imshow(to_numpy(cam), cmap=CAM_CMAP, alpha=alpha, vmin=0, vmax=1)
     ax.set_axis_off()
@@ -160,10 +147,8 @@ def overlay(ax, image, cam, alpha: float = 0.5, title: Optional[str] = None):
 @_styled
 def image_grid(images, titles: Optional[Sequence[str]] = None, ncols: int = 10, cmap: str = "gray",
                size: float = 1.1, suptitle: Optional[str] = None, colorbar: Optional[bool] = None) -> Figure:
-    """Grid of greyscale images [N, 1, H, W] or [N, H, W] (chapter 1: samples, prototypes).
-
-    With a colour map other than grey the images are heatmaps and get a colour bar (``colorbar``
-    forces it on or off)."""
+    """Grid of greyscale images [N, 1, H, W] or [N, H, W] (chapter 1: samples, prototypes). With a colour map
+    other than grey the images are heatmaps and get a colour bar (``colorbar`` forces it on or off)."""
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = (n + ncols - 1) // ncols
@@ -189,11 +174,8 @@ def image_grid(images, titles: Optional[Sequence[str]] = None, ncols: int = 10, 
 @_styled
 def cam_overlays(images, cams, titles: Optional[Sequence[str]] = None, ncols: int = 8,
                  rows: Optional[Mapping[str, torch.Tensor]] = None, size: float = 1.3) -> Figure:
-    """Images with their Grad-CAM maps on top (chapter 2), and a colour bar for the maps.
-
-    ``cams`` [N, H, W]; or pass ``rows={"label": cams, ...}`` to stack several methods, one row each,
-    below a first row of the plain images.
-    """
+    """Images [N, 1, H, W] with their Grad-CAM maps on top (chapter 2), and a colour bar for the maps. ``cams``
+    [N, H, W]; or ``rows={"label": cams, ...}`` stacks several methods, one row each, below the plain images."""
     rows = dict(rows) if rows is not None else {"Grad-CAM": cams}
     n = min(len(images), ncols)
     label_in = 0.12 * max(len(str(label)) for label in rows) if rows else 0
@@ -283,11 +265,9 @@ def protocol_diagram() -> Figure:
 @_styled
 def timing_plot(rows: Sequence[Mapping], x: str = "batch_size", y: str = "ms", by: str = "method",
                 title: str = "", ylabel: str = "time per batch (ms)") -> Figure:
-    """Log–log lines of ``y`` against ``x``, one line per value of ``by`` (chapter 3's speed plot).
-
-    ``rows`` is a list of dicts such as ``{"method": "batch", "batch_size": 64, "ms": 3.1}``. Lines
-    keyed by an objective take its colour from :data:`OBJECTIVE_COLORS`.
-    """
+    """Log–log lines of ``y`` against ``x``, one line per value of ``by`` (chapter 3's speed plot). ``rows``:
+    dicts such as ``{"method": "batch", "batch_size": 64, "ms": 3.1}``. Lines keyed by an objective take its
+    colour from :data:`OBJECTIVE_COLORS`."""
     fig, ax = subplots(figsize=(6.0, 3.8), layout="constrained")
     for key in dict.fromkeys(r[by] for r in rows):
         pts = sorted((r[x], r[y]) for r in rows if r[by] == key)

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def git(*args: str) -> Optional[str]:
-    """Output of ``git args`` in the package's repository, or None (no git, no repository)."""
+    """Output of ``git args`` in the package's repository, or None (no git, no repository); chapter 6 (provenance)."""
     try:
         proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -51,7 +51,8 @@ def _cpu_name() -> str:
 
 def provenance(device: Union[str, torch.device, None] = None) -> dict:
     """Code version (commit, dirty tree), library versions, machine and UTC date; ``None`` where
-    a value cannot be found. ``device``'s CUDA name is reported, else the CPU model."""
+    a value cannot be found. ``device``'s CUDA name is reported, else the CPU model. Every record
+    carries this dict (chapter 6)."""
     from . import __version__
 
     device = torch.device(device) if device is not None else None

@@ -50,11 +50,11 @@ _REPO = REPO
 
 
 class RecordExistsError(FileExistsError):
-    """A record with this id is already there and ``force`` was not given."""
+    """A record with this id is already there and ``force`` was not given (chapter 6: replaced only on request)."""
 
 
 def results_root(kind: str = "runs") -> Path:
-    """Folder of the committed records of ``kind`` (``"runs"`` or ``"bench"``), found at call time.
+    """Folder of the committed records of ``kind`` (``"runs"`` or ``"bench"``), found at call time (chapter 6).
 
     In order: ``$BATCHCAM_RESULTS/<kind>``; the repository this package was imported from (a
     source checkout, also in Colab after the install cell's clone); the first ``results/<kind>``
@@ -96,8 +96,9 @@ def _for_storage(t: torch.Tensor) -> torch.Tensor:
 
 def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[PathLike] = None, *,
               force: bool = False) -> Path:
-    """Write ``<root>/<run_id>.tensors.pt`` then ``<root>/<run_id>.json`` (atomic each; the JSON
-    holds the tensors' SHA-256, so the pair is one unit). ``root`` defaults to ``results_root()``.
+    """Write ``<root>/<run_id>.tensors.pt`` (``tensors``: [C, H, W] each), then ``<root>/<run_id>.json``, each
+    atomically; the JSON holds the tensors' SHA-256, so the pair is one unit (chapter 6). ``root`` defaults to
+    ``results_root()``.
 
     Raises :class:`RecordExistsError` if a record with this id exists and ``force`` is False, and
     ValueError if the record is malformed or holds a non-finite number.
@@ -145,12 +146,12 @@ def _strict_json(text: str) -> Any:
 
 
 def load_record(path: PathLike) -> dict:
-    """Read and validate one run record (NaN / Infinity tokens are refused)."""
+    """Read and validate one run record (NaN / Infinity tokens are refused); chapter 6."""
     return validate_record(_strict_json(Path(path).read_text()))
 
 
 def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
-    """True when ``<root>/<run_id>.json`` is valid and its tensors file matches its SHA-256."""
+    """True when ``<root>/<run_id>.json`` is valid and its tensors file matches its SHA-256 (chapter 6)."""
     root = Path(root) if root is not None else results_root("runs")
     try:
         record = load_record(root / f"{run_id}.json")
@@ -192,7 +193,7 @@ def load_runs(root: Optional[PathLike] = None) -> list[dict]:
 
 
 def load_tensors(run_id: str, root: Optional[PathLike] = None) -> dict[str, torch.Tensor]:
-    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` as float32."""
+    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` of a run, as float32 (chapter 6)."""
     root = Path(root) if root is not None else results_root("runs")
     data = torch.load(root / f"{run_id}.tensors.pt", map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in data.items()}
@@ -204,8 +205,8 @@ def scale_label(device_type: str, subset: bool) -> str:
 
 
 def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The record and tensors of a finished ``batchcam.train.Run`` (chapter 5), ready for
-    :func:`write_run`. Metrics are stored once (``final``), times once (``timings``)."""
+    """The record and tensors (``average_reconstruction``, ``prototypes``: [C, H, W]) of a finished ``Run``
+    (``batchcam.train``, chapter 5) for :func:`write_run`. Metrics are stored once (``final``), times once."""
     config, ev = run.config, run.evaluation
     last = run.history[-1] if run.history else {}
     final = {"accuracy": ev["accuracy"], **ev["maps"], "baselines": ev["baselines"],
@@ -237,7 +238,7 @@ def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
 
 
 def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> Optional[dict]:
-    """The newest full (not ``--quick``) benchmark record for ``device_type``, or None."""
+    """The newest full (not ``--quick``) benchmark record for ``device_type``, or None (chapter 3's speed plot)."""
     root = Path(root) if root is not None else results_root("bench")
     paths = sorted(p for p in root.glob(f"bench-{device_type}-*.json") if not p.stem.endswith("-quick"))
     return _strict_json(paths[-1].read_text()) if paths else None
@@ -247,7 +248,7 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> O
 
 
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
-    """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]``.
+    """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 6).
 
     A record is stale when it was made from a dirty tree, names no commit, or when the code of a
     file that affects results (``RESULT_FILES``) differs between its commit and HEAD. Code means

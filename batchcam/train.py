@@ -38,7 +38,7 @@ BN_BATCHES = 50  # training batches used to recompute BatchNorm statistics after
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; no record is written."""
+    """The training loss became NaN or infinite; no record is written (chapter 5)."""
 
 
 @dataclass
@@ -59,7 +59,8 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: TensorLoader
                     optimizer: torch.optim.Optimizer, *, layer: str, prototypes: torch.Tensor,
                     amp: bool = False, reduce: Reduce = None, progress: bool = False,
                     desc: str = "train") -> dict:
-    """One pass over ``loader`` (chapter 5); the loss is a parameter (``objective``).
+    """One pass over ``loader`` (chapter 5); the loss is a parameter (``objective``). The loader yields x
+    [B, 1, S, S] and y [B]; ``prototypes`` [C, S, S]; ``layer`` outputs [B, K, h, w].
 
     Returns the sample-weighted mean of each loss term (``"total"``, ``"ce"``, ``"proto"``,
     ``"batchcam"`` as present) and ``"accuracy"`` on the training batches. Raises
@@ -105,7 +106,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: TensorLoader, epoch: int,
     4 points of test accuracy in eval mode against train mode. A forward pass over ``batches``
     training batches in train mode, without gradients, with a cumulative average
     (``torch.optim.swa_utils.update_bn``; "precise BN", Wu & Johnson 2021) removes the gap.
-    Models without BatchNorm are untouched. The batches follow the epoch's seeded order.
+    Models without BatchNorm are untouched. The batches (x [B, 1, S, S], y [B]) follow the epoch's seeded order.
     """
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
@@ -119,7 +120,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: TensorLoader, epoch: int,
 
 
 def checkpoint_path(config: TrainConfig) -> Path:
-    """``<out_dir>/checkpoints/<run_id>.pt`` (git-ignored)."""
+    """``<out_dir>/checkpoints/<run_id>.pt`` (git-ignored), where ``fit`` checkpoints each epoch (chapter 5)."""
     return Path(config.out_dir) / "checkpoints" / f"{config.run_id}.pt"
 
 
@@ -153,7 +154,8 @@ def _restore(path: Path, config: TrainConfig, model: nn.Module,
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the model of a checkpoint (in eval mode, on ``device``) and its ``TrainConfig``."""
+    """Rebuild the model of a checkpoint (in eval mode, on ``device``) and its ``TrainConfig`` (chapter 5).
+    The model maps [B, 1, S, S] → logits [B, 10], S = ``config.image_size``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = TrainConfig(**ckpt["config"])
     model = create_model(config.model, NUM_CLASSES, 1, config.image_size)
@@ -183,7 +185,7 @@ def _cudnn_autotune(device: torch.device):
 
 
 def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))``. The training subset follows
+    """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))`` of a run (chapter 5). The training subset follows
     the run's seed; the test subset is always drawn with seed 0, so every run of a grid is
     evaluated on the same images."""
     train = load_split(config.dataset, True, root=config.data_root, n=config.n_train, seed=config.seed)

@@ -23,7 +23,8 @@ __all__ = ["cached_fit", "cache_root"]
 
 
 def cache_root() -> Path:
-    """Default cache folder, ``<data root>/models`` (records in ``runs/``, checkpoints in ``checkpoints/``)."""
+    """Default cache folder of :func:`cached_fit` (chapter 5), ``<data root>/models``: records in ``runs/``,
+    checkpoints in ``checkpoints/``."""
     return default_data_root() / "models"
 
 
@@ -32,7 +33,8 @@ def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None
     """Train ``config`` unless a finished run of it is cached; return ``(model in eval mode, record)``.
 
     The record is the same JSON that ``python -m batchcam train`` writes
-    (``record["final"]["accuracy"]`` etc.).
+    (``record["final"]["accuracy"]`` etc.). The model maps [B, 1, S, S] → logits [B, 10]. Chapter 5
+    explains the training; chapters 2–5 load their models with it.
     """
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     config = dataclasses.replace(config, out_dir=str(cache))

@@ -19,7 +19,9 @@ __all__ = ["BenchConfig", "run_benchmark", "add_arguments", "run", "rows", "form
 
 
 def run_benchmark(cfg: BenchConfig, progress: bool = False) -> dict:
-    """The benchmark record of ``cfg`` (see :func:`batchcam.bench.measure.run_benchmark`)."""
+    """The benchmark record of ``cfg``, a JSON-ready dict (chapter 3, "speed"; the appendix on the benchmark
+    methodology explains its timing). Inputs: random images [B, 1, S, S] in [0, 1] and labels [B] per
+    (model, S, B) configuration; see :func:`batchcam.bench.measure.run_benchmark`."""
     from .measure import run_benchmark as measure_run
 
     return measure_run(cfg, progress=progress)
@@ -48,7 +50,8 @@ def rows(record: dict, kind: str = "cam", model: Optional[str] = None, image_siz
 
 def format_summary(record: dict) -> str:
     """Plain text: per Grad-CAM configuration the forward time, the ratios to the batch Grad-CAM and
-    the largest map difference; per training configuration each step's time over a ``ce`` step."""
+    the largest map difference (maps [B, H, W]); per training configuration each step's time over a
+    ``ce`` step (chapter 3, "speed"; chapter 5 for the training steps)."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     table = {(r["model"], r["image_size"], r["batch_size"], r["method"]): r for r in rows(record)}
     lines = ["model:size            B   fwd ms  batch/fwd loop/batch pgc/batch captum/batch  max|Δ| maps"]
@@ -74,7 +77,7 @@ def format_summary(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m batchcam bench``: validate, run, write the record, print the summary.
+    """``python -m batchcam bench``: validate, run, write the record, print the summary (chapter 3).
 
     Returns 0; 1 when the maps of the methods disagree; 2 (one ``batchcam bench: error: ...``
     line on stderr, nothing run or written) when a flag's value is invalid.
