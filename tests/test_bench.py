@@ -41,8 +41,10 @@ def written(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def quick():
-    """One ``--quick`` run with memory (a few seconds of timing, two spawned memory processes)."""
-    return bench.run_benchmark(bench.BenchConfig.from_preset("quick"))
+    """One ``--quick`` run with memory (a few seconds of timing, two spawned memory processes). The
+    budget is lifted so that a busy machine does not skip the training step (a deadline is tested
+    on its own in ``test_budget_skips_what_would_start_late``)."""
+    return bench.run_benchmark(bench.BenchConfig.from_preset("quick", budget_s=3600.0))
 
 
 def test_quick_record_shape(quick):
