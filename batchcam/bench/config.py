@@ -180,7 +180,8 @@ class BenchConfig:
     def to_dict(self) -> dict:
         """JSON-ready: model cases as ``"name:size"`` strings, tuples as lists."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: [str(v) for v in val] if isinstance(val, tuple) else val for k, val in out.items()}
+        return {k: [v if isinstance(v, (int, float, str)) else str(v) for v in val] if isinstance(val, tuple)
+                else val for k, val in out.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
