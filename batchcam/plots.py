@@ -165,7 +165,7 @@ def image_grid(images, titles: Optional[Sequence[str]] = None, ncols: int = 10, 
             if titles is not None:
                 ax.set_title(_wrap(str(titles[i]), panel), fontsize=FONT_SIZE)
     if heat:
-        colorbar(fig, list(axes.flat), cmap, "value")
+        globals()["colorbar"](fig, list(axes.flat), cmap, "value")  # the argument shadows the function
     if suptitle:
         fig.suptitle(suptitle, fontsize=TITLE_SIZE)
     return fig
