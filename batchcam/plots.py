@@ -133,6 +133,9 @@ def colorbar(fig: Figure, axes, cmap: str, label: str, vmin: float = 0.0, vmax: 
     return cb
 
 
+_add_colorbar = colorbar  # for functions whose ``colorbar`` argument shadows the name
+
+
 def overlay(ax, image, cam, alpha: float = 0.5, title: Optional[str] = None):
     """Draw ``image`` [H, W] or [1, H, W] in grey, ``cam`` [H, W] in [0, 1] on top in :data:`CAM_CMAP` (chapter 2;
     chapter 4's explorer). Returns the map's ``AxesImage`` (for a colour bar)."""
@@ -165,7 +168,7 @@ def image_grid(images, titles: Optional[Sequence[str]] = None, ncols: int = 10, 
             if titles is not None:
                 ax.set_title(_wrap(str(titles[i]), panel), fontsize=FONT_SIZE)
     if heat:
-        globals()["colorbar"](fig, list(axes.flat), cmap, "value")  # the argument shadows the function
+        _add_colorbar(fig, list(axes.flat), cmap, "value")
     if suptitle:
         fig.suptitle(suptitle, fontsize=TITLE_SIZE)
     return fig
