@@ -3,9 +3,8 @@ is shown or saved) and its docstring names the chapter and figure. One style, se
 
 - PNGs at :data:`DPI` (150) dots per inch, at most :data:`MAX_WIDTH` (8) inches wide (the book's text column
   shows them at about two thirds of their pixel size); text of at least :data:`FONT_SIZE` (9) points;
-- perceptually uniform :data:`CAM_CMAP` (viridis) for Grad-CAM maps, reconstructions and prototypes, grey for
-  images; every heatmap figure has a colour bar;
-- one fixed colour per training objective (:data:`OBJECTIVE_COLORS`); the colour-blind-safe Okabe–Ito cycle otherwise.
+- :data:`CAM_CMAP` (viridis) for maps and prototypes, grey for images; a colour bar on every heatmap;
+- one fixed colour per objective (:data:`OBJECTIVE_COLORS`); the Okabe–Ito cycle otherwise.
 """
 
 from __future__ import annotations
