@@ -204,8 +204,11 @@ def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, mak
     head = git("rev-parse", "HEAD")
     if head is None:
         pytest.skip("not a git checkout")
-    changed = next((c for c in (git("rev-list", "HEAD") or "").split()
-                    if git("diff", "--name-only", c, "HEAD", "--", *R.RESULT_FILES)), None)
+    def code_changed(c):  # a result file whose code (not only its docstrings) differs from HEAD
+        names = (git("diff", "--name-only", c, "HEAD", "--", *R.RESULT_FILES) or "").split()
+        return any(R._code(git("show", f"{c}:{f}")) != R._code(git("show", f"HEAD:{f}")) for f in names)
+
+    changed = next((c for c in (git("rev-list", "HEAD") or "").split() if code_changed(c)), None)
     if changed is None:
         pytest.skip("no commit in this history differs from HEAD in a result file")
     clean = _write_with(tmp_path, make_record, 0, git_commit=head, git_dirty=False)

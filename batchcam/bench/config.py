@@ -71,7 +71,7 @@ class ModelCase:
             raise ValueError(f"bad model case {text!r}: the size after ':' must be a whole number of pixels, "
                              f"e.g. {name}:{MODEL_SPECS[name].image_size}")
         case = cls(name, int(size) if sep else MODEL_SPECS[name].image_size)
-        try:  # the constructor's own checks (minimum size, SimpleCNN's even size), allocating nothing
+        try:  # the constructor's own checks (the minimum size), allocating nothing
             with torch.device("meta"):
                 create_model(case.name, image_size=case.size)
         except ValueError as err:
