@@ -58,8 +58,8 @@ def results_root(kind: str = "runs") -> Path:
 
     In order: ``$BATCHCAM_RESULTS/<kind>``; the repository this package was imported from (a
     source checkout, also in Colab after the install cell's clone); the first ``results/<kind>``
-    in the working directory or one of its parents (a notebook running in ``book/``);
-    else ``./results/<kind>``.
+    in the working directory or one of its parents (a notebook in ``book/``); the records
+    fetched by ``batchcam.records.fetch_records`` (an installed package); else ``./results/<kind>``.
     """
     if os.environ.get("BATCHCAM_RESULTS"):
         return Path(os.environ["BATCHCAM_RESULTS"]).expanduser() / kind
@@ -68,7 +68,8 @@ def results_root(kind: str = "runs") -> Path:
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "results" / kind).is_dir():
             return folder / "results" / kind
-    return Path("results") / kind
+    from .records import CACHE
+    return CACHE / kind if (CACHE / kind).is_dir() else Path("results") / kind
 
 
 # --------------------------------------------------------------------------- run records
