@@ -27,7 +27,7 @@ from .config import NUM_CLASSES, TrainConfig
 from .grid import GRID_MODELS, paper_grid, pending
 from .losses import OBJECTIVES, objective_loss
 from .models import create_model, default_target_layer
-from .results import RecordExistsError, is_complete, load_record, record_from_run, results_root, write_run
+from .results import RecordExistsError, is_complete, load_record, record_from_run, results_root, stale_records, write_run
 from .train import fit, load_data
 
 __all__ = ["add_arguments", "run", "smoke_test", "unpack", "add_unpack_arguments", "run_unpack"]
@@ -268,13 +268,10 @@ def unpack(archive: Path, dest: Path, force: bool = False) -> list[str]:
         if existing and not force:
             raise RecordExistsError(f"{existing[0]} exists ({len(existing)} file(s) would be replaced); "
                                     "pass --force to replace them")
-        added = []
         for m in members:
-            target = dest / m.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (staging / m.name).replace(target)
-            added.append(m.name)
-        return added
+            (dest / m.name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / m.name).replace(dest / m.name)
+        return [m.name for m in members]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -296,4 +293,8 @@ def run_unpack(args) -> int:
     except tarfile.TarError as exc:
         raise ValueError(f"{args.archive} is not a readable tar.gz archive ({str(exc).splitlines()[0]})") from None
     print(f"added {len(added)} files to {dest}")
+    stale = {s["run_id"]: s["reason"] for s in stale_records(dest / "runs")}
+    for name in (n for n in added if n.startswith("runs/") and n.endswith(".json")):
+        if Path(name).stem in stale:  # the record stays; list-runs --stale and chapter 6 flag it
+            print(f"warning: {name}: {stale[Path(name).stem]} (not HEAD's code)")
     return 0

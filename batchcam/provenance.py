@@ -2,11 +2,16 @@
 
 Every record carries it, so a number in the book can be traced to the commit, the libraries and
 the device that made it. ``git_dirty`` is true when tracked files had uncommitted changes.
+``code_sha256`` fingerprints the code of every file that can change a run's numbers
+(``RESULT_FILES``, docstrings and comments left out), so a record made from a copy of the
+working tree whose git metadata is stale (a lent GPU machine) can still be matched to a commit.
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -15,10 +20,14 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["provenance", "git"]
+__all__ = ["provenance", "git", "RESULT_FILES", "code_tree", "code_hashes"]
 
 REPO = Path(__file__).resolve().parent.parent
-
+#: Files whose changes can change a run's numbers (``results.stale_records`` looks at these).
+RESULT_FILES = ("batchcam/cam.py", "batchcam/_capture.py", "batchcam/losses.py", "batchcam/_ssim.py",
+                "batchcam/models.py", "batchcam/data.py", "batchcam/_idx.py", "batchcam/prototypes.py",
+                "batchcam/train.py", "batchcam/evaluate.py", "batchcam/config.py", "batchcam/metrics.py",
+                "batchcam/faithfulness.py")
 
 
 def git(*args: str) -> Optional[str]:
@@ -28,6 +37,38 @@ def git(*args: str) -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def code_tree(source: Optional[str]) -> Optional[str]:
+    """The syntax tree of a Python source without docstrings (comments are not in it); None if
+    absent. Two sources with the same tree compute the same numbers (chapter 6, stale records)."""
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_hashes(commit: Optional[str] = None) -> dict[str, Optional[str]]:
+    """``{path: SHA-256 of code_tree}`` for every ``RESULT_FILES`` entry, read from the files on
+    disk, or from ``commit`` through git (None where a file is missing); chapter 6."""
+    out = {}
+    for name in RESULT_FILES:
+        if commit is None:
+            path = REPO / name
+            source = path.read_text() if path.exists() else None
+        else:
+            source = git("show", f"{commit}:{name}")
+        tree = code_tree(source)
+        out[name] = hashlib.sha256(tree.encode()).hexdigest() if tree is not None else None
+    return out
 
 
 def _version(dist: str) -> Optional[str]:
@@ -68,5 +109,6 @@ def provenance(device: Union[str, torch.device, None] = None) -> dict:
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "cuda": torch.version.cuda,
+        "code_sha256": code_hashes(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -14,7 +14,6 @@ a JSON whose tensors do not match is not complete. A record is never replaced un
 
 from __future__ import annotations
 
-import ast
 import datetime
 import hashlib
 import io
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._helpers import atomic_write_bytes, atomic_write_json
-from .provenance import REPO, git, provenance
+from .provenance import REPO, RESULT_FILES, code_hashes, code_tree, git, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
            "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench", "stale_records"]
@@ -40,11 +39,6 @@ REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "history",
                  "scale", "runtime", "tensors", "provenance")
 FINAL_KEYS = ("accuracy", "l1", "l2", "ssim", "dead_fraction", "per_class")
 MAX_STORED_SIZE = 56  # larger maps (ConvNeXt-V2 at 112 px) are stored area-downsampled to 56 px
-#: Files whose changes can change a run's numbers (``stale_records`` looks at these).
-RESULT_FILES = ("batchcam/cam.py", "batchcam/_capture.py", "batchcam/losses.py", "batchcam/_ssim.py",
-                "batchcam/models.py", "batchcam/data.py", "batchcam/_idx.py", "batchcam/prototypes.py",
-                "batchcam/train.py", "batchcam/evaluate.py", "batchcam/config.py", "batchcam/metrics.py",
-                "batchcam/faithfulness.py")
 PathLike = Union[str, Path]
 _REPO = REPO
 
@@ -251,20 +245,26 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> O
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 6).
 
-    A record is stale when it was made from a dirty tree, names no commit, or when the code of a
-    file that affects results (``RESULT_FILES``) differs between its commit and HEAD. Code means
-    the file's syntax tree without docstrings and comments: a documentation change never changes
-    a number, so it does not make a record stale.
+    Code means a file's syntax tree without docstrings and comments (``provenance.code_tree``):
+    a documentation change never changes a number. A record that carries ``code_sha256`` is
+    current when those fingerprints equal HEAD's for every ``RESULT_FILES`` entry, whatever its
+    git metadata said (a lent GPU machine copies the working tree with stale metadata). Otherwise
+    it is stale when it was made from a dirty tree, names no commit, or when the code of a result
+    file differs between its commit and HEAD.
     """
     root = Path(root) if root is not None else results_root("runs")
-    out, cache = [], {}
+    out, cache, head = [], {}, None
     for path in sorted(root.glob("*.json")):
         try:
             prov = load_record(path)["provenance"]
         except (OSError, ValueError):
             continue
-        commit, reason = prov.get("git_commit"), None
-        if not commit:
+        commit, reason, hashes = prov.get("git_commit"), None, prov.get("code_sha256")
+        if hashes:
+            head = head or code_hashes("HEAD")
+            changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
+            reason = "changed since: " + ", ".join(changed) if changed else None
+        elif not commit:
             reason = "no commit recorded"
         elif prov.get("git_dirty"):
             reason = "made from a dirty tree"
@@ -272,7 +272,8 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
             if commit not in cache:
                 names = git("diff", "--name-only", commit, "HEAD", "--", *RESULT_FILES)
                 cache[commit] = None if names is None else " ".join(
-                    f for f in names.split() if _code(git("show", f"{commit}:{f}")) != _code(git("show", f"HEAD:{f}")))
+                    f for f in names.split()
+                    if code_tree(git("show", f"{commit}:{f}")) != code_tree(git("show", f"HEAD:{f}")))
             changed = cache[commit]
             if changed is None:
                 reason = f"commit {commit[:9]} is not in this repository"
@@ -281,19 +282,3 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
         if reason:
             out.append({"run_id": path.stem, "commit": commit, "reason": reason})
     return out
-
-
-def _code(source: Optional[str]) -> Optional[str]:
-    """The syntax tree of a Python source without docstrings (comments are not in it); None if absent."""
-    if source is None:
-        return None
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return source
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)

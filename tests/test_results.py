@@ -11,7 +11,7 @@ import torch
 
 import batchcam.results as R
 from batchcam.config import TrainConfig
-from batchcam.provenance import git
+from batchcam.provenance import RESULT_FILES, code_hashes, code_tree, git, provenance
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "results" / "runs"
@@ -195,6 +195,7 @@ def test_results_root_follows_the_environment_then_the_repository(monkeypatch, t
 
 
 def _write_with(tmp_path, make_record, seed, **prov):
+    prov.setdefault("code_sha256", None)  # records made before fingerprints: git metadata decides
     record, tensors = make_record(seed=seed, provenance=prov)
     R.write_run(record, tensors, tmp_path)
     return record["run_id"]
@@ -206,7 +207,7 @@ def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, mak
         pytest.skip("not a git checkout")
     def code_changed(c):  # a result file whose code (not only its docstrings) differs from HEAD
         names = (git("diff", "--name-only", c, "HEAD", "--", *R.RESULT_FILES) or "").split()
-        return any(R._code(git("show", f"{c}:{f}")) != R._code(git("show", f"HEAD:{f}")) for f in names)
+        return any(code_tree(git("show", f"{c}:{f}")) != code_tree(git("show", f"HEAD:{f}")) for f in names)
 
     changed = next((c for c in (git("rev-list", "HEAD") or "").split() if code_changed(c)), None)
     if changed is None:
@@ -224,6 +225,30 @@ def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, mak
     assert stale[dirty]["reason"] == "made from a dirty tree"
     assert stale[nocommit]["reason"] == "no commit recorded"
     assert "not in this repository" in stale[alien]["reason"]
+
+
+def test_code_fingerprints_decide_staleness_whatever_the_git_metadata(tmp_path, make_record):
+    if git("rev-parse", "HEAD") is None:
+        pytest.skip("not a git checkout")
+    head = code_hashes("HEAD")
+    assert set(head) == set(RESULT_FILES) and all(len(h) == 64 for h in head.values())
+    # a lent GPU machine: stale metadata (another commit, dirty) but HEAD's code -> current
+    copied = _write_with(tmp_path, make_record, 0, git_commit="0" * 40, git_dirty=True,
+                         code_sha256=head)
+    edited = dict(head, **{"batchcam/losses.py": "f" * 64})
+    changed = _write_with(tmp_path, make_record, 1, git_commit="0" * 40, git_dirty=False,
+                          code_sha256=edited)
+    stale = {s["run_id"]: s["reason"] for s in R.stale_records(tmp_path)}
+    assert copied not in stale
+    assert stale[changed] == "changed since: batchcam/losses.py"
+
+
+def test_provenance_fingerprints_the_code_on_disk():
+    prov = provenance("cpu")
+    assert prov["code_sha256"] == code_hashes()
+    source = (Path(__file__).resolve().parents[1] / "batchcam/losses.py").read_text()
+    assert prov["code_sha256"]["batchcam/losses.py"] == hashlib.sha256(
+        code_tree(source).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- benchmark records
@@ -275,7 +300,7 @@ def test_every_committed_record_loads():
 
 
 def test_a_docstring_change_does_not_make_a_record_stale():
-    from batchcam.results import _code
+    from batchcam.provenance import code_tree as _code
 
     before = 'def f(x):\n    """Old words."""\n    return x + 1  # a comment\n'
     assert _code(before) == _code('def f(x):\n    """New words, chapter 5."""\n    return x + 1\n')
