@@ -9,6 +9,8 @@ read well offline). On each page:
 - MathJax is served by the book itself (`_static/mathjax/`), and on a page with math every
   math element was typeset, without a TeX error (`mjx-merror`);
 - every `<img>` loaded (`naturalWidth > 0`); the only allowed external image is the Colab badge;
+- every notebook figure is shown at >= MIN_FIGURE_SCALE CSS px per image pixel (legible labels;
+  on a phone a wide figure scrolls sideways inside its output box);
 - no request to the book's own server failed (CSS, JS, fonts, images);
 - no element of the article is wider than the viewport unless it sits inside a box that scrolls
   horizontally, and the page itself does not scroll sideways (the same defect in the theme's own
@@ -57,6 +59,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 # - the ipywidgets HTML manager that myst-nb loads on a page with saved widget state (chapter 4).
 #   No PyPI package ships it; offline the widget area stays blank, and every widget has a static
 #   twin figure next to it (shared/NOTEBOOKS.md).
+# A notebook figure (150 dpi, 9-pt labels = 18.75 px of the image) is shown at >= this many CSS
+# px per image pixel, so its labels stay >= 9 px: on a phone it scrolls sideways (_static/book.css).
+MIN_FIGURE_SCALE = 0.5
 ALLOWED_EXTERNAL_IMAGES = (re.compile(r"^https://colab\.research\.google\.com/assets/colab-badge\.svg$"),)
 ALLOWED_EXTERNAL_SCRIPTS = (
     re.compile(r"^https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[\d.]+/require\.min\.js$"),
@@ -209,7 +214,9 @@ JS_COLLECT = r"""() => {
   const mjScripts = Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s));
   // Images.
   const images = Array.from(document.images).map(i => ({src: i.currentSrc || i.src, w: i.naturalWidth,
-                                                        complete: i.complete, alt: i.alt}));
+                                                        complete: i.complete, alt: i.alt,
+                                                        shown: i.getBoundingClientRect().width,
+                                                        figure: !!i.closest('.cell_output')}));
   // Horizontal overflow outside a scrolling/clipping box.
   const boxes = new Set(['auto', 'scroll']);   // a box the reader can scroll sideways
   const overflow = [];
@@ -329,6 +336,10 @@ def test_page_reads_well(site, browser, page, width):
                 problems.append(f"external image (does not load offline): {img['src']}")
         elif not img["complete"] or img["w"] == 0:
             problems.append(f"image did not load: {img['src']} (alt {img['alt']!r})")
+        elif img["figure"] and img["shown"] < MIN_FIGURE_SCALE * img["w"]:
+            problems.append(f"figure shown at {img['shown'] / img['w']:.2f} CSS px per pixel (9-pt labels "
+                            f"at {18.75 * img['shown'] / img['w']:.1f} px; needs >= {MIN_FIGURE_SCALE}): "
+                            f"{img['src'].rsplit('/', 1)[-1][:16]}")
     allowed = {"image": ALLOWED_EXTERNAL_IMAGES, "script": ALLOWED_EXTERNAL_SCRIPTS}
     problems += [f"request to another host (blocked: the book must work offline): {kind} {u}"
                  for kind, u in blocked if not any(p.match(u) for p in allowed.get(kind, ()))]
