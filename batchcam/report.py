@@ -151,9 +151,7 @@ def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
 
 
 def _beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
-    if a is None or b is None:
-        return None
-    return (a[0] - b[0] if better == "higher" else b[0] - a[0]) > max(a[1], b[1])
+    return None if a is None or b is None else (a[0] - b[0] if better == "higher" else b[0] - a[0]) > max(a[1], b[1])
 
 
 def _verdict(results: list[bool], missing: str = NO_VOTES) -> str:
@@ -163,10 +161,12 @@ def _verdict(results: list[bool], missing: str = NO_VOTES) -> str:
 
 def _pairs(agg: Mapping[tuple, dict], objective: str, voting: bool = True):
     """(dataset, model) pairs with both ``ce`` and ``objective`` that vote (or, with ``voting=False``,
-    that do not): ("dataset/model", ce cell, cell)."""
+    that do not): ("dataset/model", ce cell, cell). A pair votes when both cells vote at the same
+    scale and budget (a full-data cell is never compared with a subset cell)."""
     for (ds, model) in sorted({k[:2] for k in agg}):
         ce, other = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
-        if ce and other and (ce["votes"] and other["votes"]) == voting:
+        if ce and other and (ce["votes"] and other["votes"] and all(
+                ce[k] == other[k] for k in ("scale", "n_train", "n_test", "epochs", "image_size"))) == voting:
             yield f"{ds}/{model}", ce, other
 
 

@@ -79,6 +79,19 @@ def test_smoke_cells_and_cells_with_fewer_than_three_seeds_do_not_vote():
                                     "suppresses spurious features"))
 
 
+def test_a_full_data_cell_is_never_compared_with_a_subset_cell():
+    subset = [dict(r, scale="cpu-subset", n_train=10000) for r in seeds(FULL, accuracy=0.90)]
+    rows = seeds(CE, accuracy=0.99) + subset  # both vote, at different scales
+    agg = report.aggregate(rows)
+    assert agg[("mnist", "simplecnn", CE)]["votes"] and agg[("mnist", "simplecnn", FULL)]["votes"]
+    v = verdicts(rows)
+    assert v[("v2", "competitive accuracy")].startswith("not testable")
+    claim = next(c for c in report.claims(agg) if c["claim"] == "competitive accuracy")
+    assert any("shown, not counted" in e and "cpu-subset" in e for e in claim["evidence"])
+    same = seeds(CE, accuracy=0.99) + seeds(FULL, accuracy=0.90)
+    assert verdicts(same)[("v2", "competitive accuracy")] == "not supported"
+
+
 # --------------------------------------------------------------------------- claims
 
 
