@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
+import torch
 from typing import Optional, Union
 
 from torch import nn
@@ -17,7 +19,7 @@ from torch import nn
 from .config import TrainConfig
 from .data import default_data_root
 from .results import is_complete, load_record, record_from_run, write_run
-from .train import checkpoint_path, fit, load_checkpoint
+from .train import checkpoint_path, fit, load_checkpoint, load_data
 
 __all__ = ["cached_fit", "cache_root"]
 
@@ -29,19 +31,34 @@ def cache_root() -> Path:
 
 
 def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None,
-               progress: bool = False) -> tuple[nn.Module, dict]:
+               progress: bool = False, *, permute_labels: Optional[int] = None) -> tuple[nn.Module, dict]:
     """Train ``config`` unless a finished run of it is cached; return ``(model in eval mode, record)``.
 
     The record is the same JSON that ``python -m batchcam train`` writes
     (``record["final"]["accuracy"]`` etc.). The model maps [B, 1, S, S] → logits [B, 10]. Chapter 5
     explains the training; chapters 2–5 load their models with it.
+
+    ``permute_labels=seed`` trains on the same images with their training labels randomly
+    permuted (``torch.randperm`` under that seed): the *data randomisation* sanity check of
+    chapter 7. The prototypes are then the class means under the permuted labels, the test set
+    keeps its true labels, the run is cached apart (``<cache>/permuted-labels-<seed>``) and its
+    record says ``record["permuted_labels_seed"]``.
     """
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
+    if permute_labels is not None:
+        cache = cache / f"permuted-labels-{int(permute_labels)}"
     config = dataclasses.replace(config, out_dir=str(cache))
     runs, ckpt = cache / "runs", checkpoint_path(config)
     if is_complete(config.run_id, runs) and ckpt.is_file():
         model, _ = load_checkpoint(ckpt)
         return model, load_record(runs / f"{config.run_id}.json")
-    run = fit(config, progress=progress)
+    data = None
+    if permute_labels is not None:
+        (train_x, train_y), test = load_data(config)
+        perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(int(permute_labels)))
+        data = ((train_x, train_y[perm]), test)
+    run = fit(config, progress=progress, data=data)
     record, tensors = record_from_run(run)
+    if permute_labels is not None:
+        record["permuted_labels_seed"] = int(permute_labels)
     return run.model.eval(), load_record(write_run(record, tensors, runs, force=True))
