@@ -2,6 +2,8 @@
 
 ``paper``: {MNIST, Fashion-MNIST} × {SimpleCNN, ResNet-18, ConvNeXt-V2-Tiny} × the four
 objectives × seeds, plus ``random`` cells (``epochs=0``: the untrained model, a baseline).
+``ablations`` (chapter 7): the paper cell of SimpleCNN with one of the choices the paper leaves
+open changed (``ABLATIONS``: the loss weights, the distance, the Grad-CAM layer).
 Image sizes follow the paper's figures (28 px; ConvNeXt-V2 at 112 px). The paper does not give
 its training budget; the per-model defaults below are ours and each can be overridden
 (``python -m batchcam reproduce --epochs N ...``).
@@ -18,7 +20,8 @@ from .data import DATASETS
 from .losses import OBJECTIVES
 from .results import is_complete
 
-__all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "GRIDS", "paper_grid", "pending"]
+__all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "ABLATIONS", "GRIDS", "paper_grid", "ablation_grid",
+           "pending", "variant"]
 
 GRID_MODELS = ("simplecnn", "resnet18", "convnextv2_tiny")
 
@@ -33,7 +36,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATASETS,
-               models: Sequence[str] = GRID_MODELS, objectives: Sequence[str] = OBJECTIVES,
+               models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
                random_baseline: bool = True, **overrides: Any) -> list[TrainConfig]:
     """Every configuration of the paper grid, validated (chapter 6).
 
@@ -43,6 +46,7 @@ def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
     ``epochs=2, device="cuda", n_train=1000``) replace the per-model defaults; ``None`` values
     are ignored.
     """
+    models, objectives = models or GRID_MODELS, objectives or OBJECTIVES
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
@@ -64,7 +68,49 @@ def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
     return configs
 
 
-GRIDS = {"paper": paper_grid}
+#: Chapter 7's ablations that need no new code: name → the ``TrainConfig`` fields that change.
+#: λ scales both loss weights; the layer ablation moves Grad-CAM (training and evaluation) from
+#: the last block of SimpleCNN's features to the third (same 14 × 14 grid, receptive field 12 px).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    **{f"λ={lam:g}": dict(lambda_proto=lam, lambda_batchcam=lam) for lam in (0.1, 0.3, 3.0, 10.0)},
+    "distance=l2": dict(distance="l2"),
+    "distance=ssim": dict(distance="ssim"),
+    "layer=features.9": dict(layer="features.9"),
+}
+
+
+def variant(config: Any) -> str:
+    """The ablation a configuration (or a ``load_runs`` row) belongs to, ``"paper"`` for the
+    paper's choices (λ = 1, L1, the default layer); chapter 7."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    for name, fields in ABLATIONS.items():
+        if all(get(k) == v for k, v in fields.items()):
+            return name
+    return "paper"
+
+
+def ablation_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATASETS,
+                  models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
+                  random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
+    """Every ablation of ``ABLATIONS`` for each (seed, dataset), validated (chapter 7).
+
+    Default: SimpleCNN and ``ce+proto+batchcam``, plus ``ce`` at the ablated layer (its maps move
+    too, and it is the reference there); λ and the distance do not change ``ce`` and are skipped
+    for it. The paper cells themselves come from ``paper_grid`` (same run ids: they are shared).
+    ``random_baseline`` is accepted for the command line and ignored.
+    """
+    models, objectives = models or ("simplecnn",), objectives or ("ce", "ce+proto+batchcam")
+    configs = []
+    for name, fields in ABLATIONS.items():
+        for objective in objectives:
+            if objective == "ce" and not name.startswith("layer="):
+                continue
+            configs += paper_grid(seeds, datasets, models, [objective], random_baseline=False,
+                                  **{**overrides, **fields})
+    return sorted(configs, key=lambda c: (c.seed, c.dataset))  # a grid cut short has whole seeds
+
+
+GRIDS = {"paper": paper_grid, "ablations": ablation_grid}
 
 
 def pending(configs: Iterable[TrainConfig], root: Optional[str | Path] = None) -> list[TrainConfig]:

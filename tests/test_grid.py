@@ -1,0 +1,60 @@
+"""The experiment grids (``batchcam.grid``): the paper grid's axes and order, and chapter 7's
+ablations — each changes exactly one choice of the paper cell, and ``variant`` names it back."""
+
+import dataclasses
+
+import pytest
+
+from batchcam.config import TrainConfig
+from batchcam.grid import ABLATIONS, GRIDS, ablation_grid, paper_grid, variant
+
+PAPER = {"lambda_proto": 1.0, "lambda_batchcam": 1.0, "distance": "l1", "layer": None}
+
+
+def test_the_paper_grid_has_every_cell_and_an_untrained_model_per_seed():
+    configs = paper_grid()
+    assert len(configs) == 3 * 3 * 2 * (4 + 1)
+    assert len({c.run_id for c in configs}) == len(configs)
+    assert {c.seed for c in configs[:10]} == {0}  # a grid cut short has whole seeds
+    assert sum(c.epochs == 0 for c in configs) == 3 * 3 * 2
+    assert all(variant(c) == "paper" for c in configs)
+
+
+def test_each_ablation_changes_one_choice_of_the_paper_cell():
+    configs = ablation_grid()
+    names = [variant(c) for c in configs]
+    assert set(names) == set(ABLATIONS)
+    for c in configs:
+        changed = {k for k, v in PAPER.items() if getattr(c, k) != v}
+        assert changed == set(ABLATIONS[variant(c)]), (variant(c), changed)
+        assert (c.model, c.epochs) == ("simplecnn", 2)
+        assert c.objective == "ce+proto+batchcam" or variant(c).startswith("layer=")
+    # 3 seeds x 2 datasets x (6 loss-weight and distance runs + 2 layer runs)
+    assert len(configs) == 3 * 2 * 8 == len({c.run_id for c in configs})
+    assert [c.seed for c in configs] == sorted(c.seed for c in configs)
+    paper_ids = {c.run_id for c in paper_grid()}
+    assert not paper_ids & {c.run_id for c in configs}
+
+
+def test_ablations_are_valid_configurations_and_rows_name_their_variant():
+    for c in ablation_grid(seeds=[0], datasets=["mnist"]):
+        c.check_ready()  # the layer exists, the values validate
+        row = dataclasses.asdict(c)
+        assert variant(row) == variant(c) != "paper"
+    assert variant(dataclasses.asdict(TrainConfig())) == "paper"
+
+
+def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
+    import batchcam.cli as cli
+
+    assert set(GRIDS) == {"paper", "ablations"}
+    assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("grid ablations: 8 runs") and "lp0.1-lb0.1" in out and "Lfeatures.9" in out
+
+
+@pytest.mark.parametrize("objectives", [None, ["ce"]])
+def test_ce_is_ablated_only_where_its_maps_change(objectives):
+    configs = ablation_grid(seeds=[0], datasets=["mnist"], objectives=objectives)
+    assert all(variant(c).startswith("layer=") for c in configs if c.objective == "ce")
