@@ -13,6 +13,10 @@ dropped, and a notebook is only rewritten when its content changed; a second run
 same machine therefore leaves no git diff except widget model ids (random by design,
 and ignored by nbval).
 
+Each notebook's execution time is recorded in `results/notebooks/times.json` (with the date,
+the CPU, its core count and the load average when it started): the landing page's table of
+CPU times per chapter reads it.
+
 `--check` executes without writing and compares every code cell's text outputs with the
 stored ones the way nbval does (same sanitiser, same per-cell markers). It exits 1 if
 any notebook drifted or failed to run.
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOC = ROOT / "_toc.yml"
 SANITIZE_FILE = ROOT / "book" / "nbval_sanitize.cfg"
 TIMEOUT = 900  # seconds per cell
+TIMES = ROOT / "results" / "notebooks" / "times.json"  # read by book/intro.ipynb
 
 # Environment of the kernel (inherited from this process). PYTHONHASHSEED fixes set and
 # dict-of-str iteration order; CUBLAS_WORKSPACE_CONFIG is what
@@ -241,6 +246,25 @@ def diff_outputs(stored, fresh) -> list[str]:
     return problems
 
 
+# ----------------------------------------------------------------------------- timing
+
+def record_time(name: str, seconds: float, load: float, times: Path = TIMES) -> None:
+    """Merge one notebook's execution time into `times` (written atomically)."""
+    import json
+
+    from batchcam.provenance import provenance
+
+    prov = provenance("cpu")
+    entries = json.loads(times.read_text(encoding="utf-8")) if times.is_file() else {}
+    entries[name] = {"seconds": round(seconds, 1), "date_utc": prov["date_utc"],
+                     "cpu": prov["cpu"], "cpu_count": prov["cpu_count"],
+                     "load_average_at_start": round(load, 2), "git_commit": prov["git_commit"]}
+    times.parent.mkdir(parents=True, exist_ok=True)
+    tmp = times.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, times)
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter()
     for path in paths:
         name = path.relative_to(ROOT)
-        start = time.perf_counter()
+        load, start = os.getloadavg()[0], time.perf_counter()
         try:
             nb = execute(path)
         except CellExecutionError as exc:
@@ -290,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 drifted.append(name)
         else:
             changed = write_if_changed(nb, path)
+            record_time(name.as_posix(), seconds, load)
             print(f"{'updated ' if changed else 'unchanged'} {name} ({seconds:.1f} s)")
 
     print(f"{len(paths)} notebook(s) in {time.perf_counter() - total:.1f} s"
