@@ -47,15 +47,16 @@ def _cell_name(row: Mapping) -> str:
 def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str] = ()) -> dict[tuple, dict]:
     """Mean ± std over seeds per (dataset, model, objective) at the preferred scale.
 
-    Only default-λ records with the given ``distance`` count; ``epochs=0`` records form the
-    ``"random model"`` cell. ``stale``: run ids that ``results.stale_records`` flags. Each cell:
-    ``{"n", "scale", "votes", "epochs", "n_train", "n_test", "image_size", "device", "run_ids",
-    "collapsed": seeds with ≥ 50 % dead maps, "stale": stale seeds, metric: (mean, std), ...}``.
+    Only records with λ = 1, the given ``distance`` and the model's default Grad-CAM layer count
+    (not chapter 7's ablations); ``epochs=0`` records form the ``"random model"`` cell. ``stale``:
+    run ids that ``results.stale_records`` flags. Cell: ``{"n", "scale", "votes", "epochs", "n_train",
+    "n_test", "image_size", "device", "run_ids", "collapsed": seeds ≥ 50 % dead, "stale", metric: (mean, std)}``.
     """
-    stale = set(stale)
-    cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    from .models import default_target_layer
+    stale, cells = set(stale), defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("distance") == distance and r.get("lambda_proto") == 1.0 and r.get("lambda_batchcam") == 1.0:
+        paper = r.get("lambda_proto") == r.get("lambda_batchcam") == 1.0 and r.get("distance") == distance
+        if paper and r.get("layer") in (None, default_target_layer(r["model"])):  # not an ablation
             cells[(r["dataset"], r["model"], _cell_name(r))][r["scale"]].append(r)
     out = {}
     for key, scales in cells.items():
@@ -146,8 +147,7 @@ def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int
 
 def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
     """Cells where some seeds collapsed (≥ 50 % dead maps): ``"dataset/model/objective: k of n"``."""
-    return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds" for (ds, m, o), c in sorted(agg.items())
-            if c["collapsed"]]
+    return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds" for (ds, m, o), c in sorted(agg.items()) if c["collapsed"]]
 
 
 def _beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:

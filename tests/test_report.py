@@ -79,6 +79,15 @@ def test_smoke_cells_and_cells_with_fewer_than_three_seeds_do_not_vote():
                                     "suppresses spurious features"))
 
 
+def test_ablation_records_stay_out_of_the_paper_cells():
+    paper = seeds(CE, accuracy=0.99)
+    other_layer = [dict(r, seed=9, accuracy=0.5, layer="features.9") for r in seeds(FULL)]
+    other_weight = [dict(r, seed=8, accuracy=0.5, lambda_proto=0.1, lambda_batchcam=0.1) for r in seeds(FULL)]
+    agg = report.aggregate(paper + [dict(r, layer="features") for r in seeds(FULL)] + other_layer + other_weight)
+    assert agg[("mnist", "simplecnn", FULL)]["n"] == 3 and agg[("mnist", "simplecnn", FULL)]["accuracy"][0] > 0.9
+    assert agg[("mnist", "simplecnn", CE)]["n"] == 3
+
+
 def test_a_full_data_cell_is_never_compared_with_a_subset_cell():
     subset = [dict(r, scale="cpu-subset", n_train=10000) for r in seeds(FULL, accuracy=0.90)]
     rows = seeds(CE, accuracy=0.99) + subset  # both vote, at different scales
