@@ -69,8 +69,10 @@ def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
 
 
 #: Chapter 7's ablations that need no new code: name → the ``TrainConfig`` fields that change.
-#: λ scales both loss weights; the layer ablation moves Grad-CAM (training and evaluation) from
-#: the last block of SimpleCNN's features to the third (same 14 × 14 grid, receptive field 12 px).
+#: λ scales both loss weights; the layer ablation moves Grad-CAM from the last block of
+#: SimpleCNN's features to the third (same 14 × 14 grid, receptive field 12 px) — for ``ce`` only:
+#: a loss there would differentiate through block 4's BatchNorm in train mode, which mixes the
+#: samples of a batch, and batch Grad-CAM refuses that (``SampleMixingError``, chapter 3).
 ABLATIONS: dict[str, dict[str, Any]] = {
     **{f"λ={lam:g}": dict(lambda_proto=lam, lambda_batchcam=lam) for lam in (0.1, 0.3, 3.0, 10.0)},
     "distance=l2": dict(distance="l2"),
@@ -94,16 +96,16 @@ def ablation_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DA
                   random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
     """Every ablation of ``ABLATIONS`` for each (seed, dataset), validated (chapter 7).
 
-    Default: SimpleCNN and ``ce+proto+batchcam``, plus ``ce`` at the ablated layer (its maps move
-    too, and it is the reference there); λ and the distance do not change ``ce`` and are skipped
-    for it. The paper cells themselves come from ``paper_grid`` (same run ids: they are shared).
+    Default: SimpleCNN and ``ce+proto+batchcam``, plus ``ce`` at the ablated layer (its maps move);
+    λ and the distance do not change ``ce`` and are skipped for it, and the layer ablation is
+    ``ce``'s only (see ``ABLATIONS``). The paper cells themselves come from ``paper_grid`` (same run ids: they are shared).
     ``random_baseline`` is accepted for the command line and ignored.
     """
     models, objectives = models or ("simplecnn",), objectives or ("ce", "ce+proto+batchcam")
     configs = []
     for name, fields in ABLATIONS.items():
         for objective in objectives:
-            if objective == "ce" and not name.startswith("layer="):
+            if (objective == "ce") != name.startswith("layer="):
                 continue
             configs += paper_grid(seeds, datasets, models, [objective], random_baseline=False,
                                   **{**overrides, **fields})
