@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._helpers import atomic_write_bytes, atomic_write_json
-from .provenance import REPO, RESULT_FILES, code_hashes, code_tree, git, provenance
+from .provenance import REPO, RESULT_FILES, code_hashes, git, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
            "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench", "stale_records"]
@@ -246,39 +246,35 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 6).
 
     Code means a file's syntax tree without docstrings and comments (``provenance.code_tree``):
-    a documentation change never changes a number. A record that carries ``code_sha256`` is
-    current when those fingerprints equal HEAD's for every ``RESULT_FILES`` entry, whatever its
-    git metadata said (a lent GPU machine copies the working tree with stale metadata). Otherwise
-    it is stale when it was made from a dirty tree, names no commit, or when the code of a result
-    file differs between its commit and HEAD.
+    a documentation change never changes a number. A record is current when the fingerprints of
+    its code (``code_sha256``, or for an older record without them its clean commit's, computed
+    through git) equal HEAD's for every ``RESULT_FILES`` entry, whatever its git metadata says
+    (a lent GPU machine copies the working tree with stale metadata). An older record is also
+    stale when it was made from a dirty tree or names no commit (or one this repository lacks).
     """
     root = Path(root) if root is not None else results_root("runs")
-    out, cache, head = [], {}, None
+    out, by_commit, head = [], {}, None
     for path in sorted(root.glob("*.json")):
         try:
             prov = load_record(path)["provenance"]
         except (OSError, ValueError):
             continue
         commit, reason, hashes = prov.get("git_commit"), None, prov.get("code_sha256")
+        if not hashes:  # a record made before fingerprints: its commit's code stands for it
+            if not commit:
+                reason = "no commit recorded"
+            elif prov.get("git_dirty"):
+                reason = "made from a dirty tree"
+            else:
+                if commit not in by_commit:
+                    known = git("cat-file", "-e", f"{commit}^{{commit}}") is not None
+                    by_commit[commit] = code_hashes(commit) if known else None
+                hashes = by_commit[commit]
+                reason = None if hashes else f"commit {commit[:9]} is not in this repository"
         if hashes:
             head = head or code_hashes("HEAD")
             changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
             reason = "changed since: " + ", ".join(changed) if changed else None
-        elif not commit:
-            reason = "no commit recorded"
-        elif prov.get("git_dirty"):
-            reason = "made from a dirty tree"
-        else:
-            if commit not in cache:
-                names = git("diff", "--name-only", commit, "HEAD", "--", *RESULT_FILES)
-                cache[commit] = None if names is None else " ".join(
-                    f for f in names.split()
-                    if code_tree(git("show", f"{commit}:{f}")) != code_tree(git("show", f"HEAD:{f}")))
-            changed = cache[commit]
-            if changed is None:
-                reason = f"commit {commit[:9]} is not in this repository"
-            elif changed:
-                reason = "changed since: " + ", ".join(changed.split())
         if reason:
             out.append({"run_id": path.stem, "commit": commit, "reason": reason})
     return out
