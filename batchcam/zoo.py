@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-
-import torch
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
 from .config import TrainConfig

@@ -248,13 +248,19 @@ def diff_outputs(stored, fresh) -> list[str]:
 
 # ----------------------------------------------------------------------------- timing
 
-def record_time(name: str, seconds: float, load: float, times: Path = TIMES) -> None:
+def machine() -> dict:
+    """The provenance (`batchcam.provenance`) that every timing entry of one refresh shares."""
+    from batchcam.provenance import provenance
+
+    return provenance("cpu")
+
+
+def record_time(name: str, seconds: float, load: float, times: Path = TIMES,
+                prov: dict | None = None) -> None:
     """Merge one notebook's execution time into `times` (written atomically)."""
     import json
 
-    from batchcam.provenance import provenance
-
-    prov = provenance("cpu")
+    prov = prov or machine()
     entries = json.loads(times.read_text(encoding="utf-8")) if times.is_file() else {}
     entries[name] = {"seconds": round(seconds, 1), "date_utc": prov["date_utc"],
                      "cpu": prov["cpu"], "cpu_count": prov["cpu_count"],
@@ -287,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     failed, drifted = [], []
+    prov = None if args.check else machine()  # once per refresh, not per notebook
     total = time.perf_counter()
     for path in paths:
         name = path.relative_to(ROOT)
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 drifted.append(name)
         else:
             changed = write_if_changed(nb, path)
-            record_time(name.as_posix(), seconds, load)
+            record_time(name.as_posix(), seconds, load, prov=prov)
             print(f"{'updated ' if changed else 'unchanged'} {name} ({seconds:.1f} s)")
 
     print(f"{len(paths)} notebook(s) in {time.perf_counter() - total:.1f} s"
