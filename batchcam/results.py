@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from ._helpers import atomic_write_bytes, atomic_write_json
+from .behaviour import code_key, same_behaviour
 from .provenance import REPO, RESULT_FILES, code_hashes, git, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
-           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench", "stale_records"]
+           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench", "stale_records",
+           "load_behaviour"]
 
 SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "history", "final", "timings",
@@ -242,6 +244,20 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> O
 # --------------------------------------------------------------------------- staleness
 
 
+def load_behaviour(path: Optional[PathLike] = None) -> dict:
+    """``results/behaviour.json``: ``{code_key: {model or "data": {name: number}}}``, the probe of
+    each code version (``batchcam.behaviour``; ``scripts/fingerprint.py`` adds entries); ``{}``
+    when absent (chapter 6)."""
+    path = Path(path) if path is not None else results_root("runs").parent / "behaviour.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _same_behaviour(hashes: dict, head: dict, model: str) -> bool:
+    """Whether the probes of two code versions (``code_hashes`` dicts) agree for ``model``."""
+    a, b = (load_behaviour().get(code_key(h)) for h in (hashes, head))
+    return bool(a and b and same_behaviour(a, b, model))
+
+
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 6).
 
@@ -249,16 +265,19 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     a documentation change never changes a number. A record is current when the fingerprints of
     its code (``code_sha256``, or for an older record without them its clean commit's, computed
     through git) equal HEAD's for every ``RESULT_FILES`` entry, whatever its git metadata says
-    (a lent GPU machine copies the working tree with stale metadata). An older record is also
+    (a lent GPU machine copies the working tree with stale metadata), or when the code changed
+    but computes the same numbers: the behaviour probes (``batchcam.behaviour``) of its code and
+    of HEAD's, both in ``results/behaviour.json``, agree for its model. An older record is also
     stale when it was made from a dirty tree or names no commit (or one this repository lacks).
     """
     root = Path(root) if root is not None else results_root("runs")
     out, by_commit, head = [], {}, None
     for path in sorted(root.glob("*.json")):
         try:
-            prov = load_record(path)["provenance"]
+            record = load_record(path)
         except (OSError, ValueError):
             continue
+        prov = record["provenance"]
         commit, reason, hashes = prov.get("git_commit"), None, prov.get("code_sha256")
         if not hashes:  # a record made before fingerprints: its commit's code stands for it
             if not commit:
@@ -274,7 +293,8 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
         if hashes:
             head = head or code_hashes("HEAD")
             changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
-            reason = "changed since: " + ", ".join(changed) if changed else None
+            if changed and not _same_behaviour(hashes, head, record["config"].get("model", "")):
+                reason = "changed since: " + ", ".join(changed)
         if reason:
             out.append({"run_id": path.stem, "commit": commit, "reason": reason})
     return out

@@ -1,0 +1,73 @@
+"""Add behaviour probes to results/behaviour.json (chapter 6, ``batchcam.behaviour``).
+
+    python scripts/fingerprint.py                 # the working tree's code
+    python scripts/fingerprint.py --commit cec57a1 --commit e083a71   # older code versions
+
+A commit is probed in a temporary git worktree, with this checkout's data folder and this file's
+``batchcam/behaviour.py`` (which imports only what every version has). An entry is keyed by the
+code version (``batchcam.behaviour.code_key``); an existing entry is replaced only with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from batchcam.behaviour import code_key  # noqa: E402
+from batchcam.data import default_data_root  # noqa: E402
+from batchcam.provenance import code_hashes, git  # noqa: E402
+from batchcam._helpers import atomic_write_json  # noqa: E402
+
+TARGET = REPO / "results" / "behaviour.json"
+
+
+def probe_at(source: Path) -> dict:
+    """Run ``batchcam/behaviour.py`` of this checkout against the package in ``source``."""
+    env = {**os.environ, "PYTHONPATH": str(source), "BATCHCAM_DATA": str(default_data_root())}
+    proc = subprocess.run([sys.executable, str(REPO / "batchcam" / "behaviour.py")], cwd=source, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"the probe failed in {source}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commit", action="append", default=[], help="probe this commit (repeatable)")
+    parser.add_argument("--force", action="store_true", help="replace an existing entry")
+    args = parser.parse_args()
+    entries = json.loads(TARGET.read_text()) if TARGET.is_file() else {}
+    jobs = [(c, code_hashes(c)) for c in args.commit] or [("working tree", code_hashes())]
+    for label, hashes in jobs:
+        if None in hashes.values() and label != "working tree":
+            sys.exit(f"{label}: not a commit of this repository with every result file")
+        key = code_key(hashes)
+        if key in entries and not args.force:
+            print(f"{label}: code {key} already probed (--force to redo)")
+            continue
+        if label == "working tree":
+            result = probe_at(REPO)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                tree = Path(tmp) / "tree"
+                if git("worktree", "add", "--detach", str(tree), label) is None:
+                    sys.exit(f"cannot check out {label} in a worktree")
+                try:
+                    result = probe_at(tree)
+                finally:
+                    git("worktree", "remove", "--force", str(tree))
+        entries[key] = result
+        atomic_write_json(TARGET, dict(sorted(entries.items())))
+        print(f"{label}: code {key} probed ({sum(map(len, result.values()))} numbers) -> {TARGET}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Behaviour probes: a code change that computes the same numbers keeps records current, one that
+changes a number makes them stale; the committed probe of this code is the code's (chapter 6)."""
+
+import json
+
+import pytest
+import torch
+
+from batchcam import results as R
+from batchcam.behaviour import code_key, probe, same_behaviour
+from batchcam.provenance import code_hashes, git
+
+
+def _probe(value=1.0, resnet=2.0):
+    return {"simplecnn": {"a/l1": value, "a/acc": 0.5}, "resnet18": {"b/l1": resnet},
+            "data": {"mnist/train/sha256": 12345.0}}
+
+
+def test_same_behaviour_compares_the_model_and_the_data_only():
+    a = _probe()
+    assert same_behaviour(a, _probe(1.0 + 1e-6), "simplecnn")  # within REL_TOL
+    assert not same_behaviour(a, _probe(1.01), "simplecnn")
+    assert same_behaviour(a, _probe(resnet=3.0), "simplecnn")  # another model's change
+    assert not same_behaviour(a, _probe(resnet=3.0), "resnet18")
+    other_data = _probe()
+    other_data["data"]["mnist/train/sha256"] = 12346.0  # hashes compare exactly
+    assert not same_behaviour(a, other_data, "simplecnn")
+    assert not same_behaviour(a, {"data": a["data"]}, "simplecnn")  # model not probed
+
+
+def test_a_code_change_with_the_same_behaviour_keeps_records_current(tmp_path, make_record, monkeypatch):
+    if git("rev-parse", "HEAD") is None:
+        pytest.skip("not a git checkout")
+    monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))
+    head = code_hashes("HEAD")
+    edited = dict(head, **{"batchcam/losses.py": "f" * 64})
+    record, tensors = make_record(seed=0, provenance={"git_commit": "0" * 40, "git_dirty": False,
+                                                      "code_sha256": edited})
+    R.write_run(record, tensors, tmp_path / "runs")
+    behaviour = tmp_path / "behaviour.json"
+
+    def stale_with(old_probe):
+        behaviour.write_text(json.dumps({code_key(head): _probe(), code_key(edited): old_probe}))
+        return [s["reason"] for s in R.stale_records(tmp_path / "runs")]
+
+    assert stale_with(_probe(resnet=9.0)) == []  # same SimpleCNN numbers: current
+    assert stale_with(_probe(1.5)) == ["changed since: batchcam/losses.py"]
+    behaviour.unlink()
+    assert [s["reason"] for s in R.stale_records(tmp_path / "runs")] == ["changed since: batchcam/losses.py"]
+
+
+def test_the_committed_probe_of_this_code_is_what_this_code_computes():
+    entries = R.load_behaviour()
+    key = code_key(code_hashes())
+    assert key in entries, (f"results/behaviour.json has no probe of this code ({key}): "
+                            "run `python scripts/fingerprint.py` and commit the file")
+    stored = entries[key]
+    if stored.get("versions", {}).get("torch") != torch.__version__:
+        pytest.skip(f"probe recorded with torch {stored.get('versions')}, this is {torch.__version__}")
+    fresh = probe(["simplecnn"])
+    assert same_behaviour(stored, fresh, "simplecnn")
+    assert fresh["simplecnn"] == stored["simplecnn"]  # one thread, same libraries: exactly equal
