@@ -23,7 +23,8 @@ import torch
 
 from ._helpers import resolve_device, unknown_choice
 from .data import DATASETS
-from .losses import DISTANCES, OBJECTIVES, Objective
+from .losses import ALL_OBJECTIVES, CAM_NORMALIZE, DISTANCES, Objective
+from .cam import SampleMixingError, batch_gradcam_with_logits
 from .models import MODEL_SPECS, create_model, list_models
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "NUM_CLASSES", "SSIM_MIN_SIZE"]
@@ -34,6 +35,11 @@ SPLIT_SIZES = {"train": 60_000, "test": 10_000}  # both datasets
 SSIM_MIN_SIZE = 11  # the SSIM metric's Gaussian window: every run reports SSIM
 #: Fields that never change a run's numbers (paths, how long the per-image loop is timed).
 NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples")
+#: Fields added after the first records, with the value every older record had: at that value
+#: they stay out of the run id's hash, so older run ids (and their records) keep their names.
+LATER_FIELDS = {"decoy": "none", "prototype_source": "train", "lambda_rrr": 1.0, "stop_gradient": True,
+                "cam_normalize": "max"}
+DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 7); "test": the clean oracle
 
 
 def _field(default: Any, help: str, choices: Optional[Sequence[str]] = None) -> Any:
@@ -47,7 +53,7 @@ class TrainConfig:
 
     dataset: str = _field("mnist", "dataset", DATASETS)
     model: str = _field("simplecnn", "architecture (batchcam.list_models())", list_models())
-    objective: str = _field("ce+proto+batchcam", "cross-entropy plus which CAM terms", OBJECTIVES)
+    objective: str = _field("ce+proto+batchcam", "cross-entropy plus which CAM terms", ALL_OBJECTIVES)
     distance: str = _field("l1", "distance d of both CAM losses", DISTANCES)
     lambda_proto: float = _field(1.0, "weight λ_P of the Prototype Loss")
     lambda_batchcam: float = _field(1.0, "weight λ_B of the Batch-CAM Loss")
@@ -68,6 +74,12 @@ class TrainConfig:
     out_dir: str = _field("results", "records go to OUT_DIR/runs, checkpoints to OUT_DIR/checkpoints")
     eval_cam_loop_samples: int = _field(256, "test samples timed with the per-image loop (0: skip)")
     eval_faithfulness_samples: int = _field(500, "test samples scored by deletion/insertion AUC (0: skip)")
+    decoy: str = _field("none", "Decoy-MNIST patches (chapter 7) in training and test, or in test only", DECOY)
+    prototype_source: str = _field("train", "prototypes from the training images ('train') or, with "
+                                   "--decoy train+test, from the clean ones ('clean')", ("train", "clean"))
+    lambda_rrr: float = _field(1.0, "weight of the RRR-G penalty (objective ce+rrr)")
+    stop_gradient: bool = _field(True, "stop the gradient through the Batch-CAM class means")
+    cam_normalize: str = _field("max", "normalisation of the maps the losses train on", CAM_NORMALIZE)
 
     # ------------------------------------------------------------------ validation (the edge)
 
@@ -82,7 +94,7 @@ class TrainConfig:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
         for name in ("epochs", "lambda_proto", "lambda_batchcam", "weight_decay", "eval_cam_loop_samples",
-                     "eval_faithfulness_samples"):
+                     "eval_faithfulness_samples", "lambda_rrr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value!r}")
@@ -93,6 +105,10 @@ class TrainConfig:
                                  f"({total} images); use at most {total} or leave it out for all")
         if self.n_train is not None and self.n_train < 2:
             raise ValueError("--n-train must be ≥ 2 (BatchNorm needs two samples per batch)")
+        if self.objective == "ce+rrr" and self.decoy != "train+test":
+            raise ValueError("--objective ce+rrr penalises the decoy patch: it needs --decoy train+test")
+        if self.prototype_source == "clean" and self.decoy != "train+test":
+            raise ValueError("--prototype-source clean differs from 'train' only with --decoy train+test")
         spec = MODEL_SPECS[self.model]
         size = self.image_size or spec.image_size
         least = max(spec.min_size, SSIM_MIN_SIZE)
@@ -124,6 +140,13 @@ class TrainConfig:
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             raise ValueError(f"--layer {config.layer!r} does not output a 4-D feature map [B, K, h, w]; "
                              f"use a convolutional stage such as {MODEL_SPECS[config.model].target_layer!r}")
+        if config.objective_spec().needs_cam:  # training maps: is there a train-mode BatchNorm after it?
+            try:
+                batch_gradcam_with_logits(model.train(), torch.rand(2, 1, config.image_size, config.image_size),
+                                          config.layer, torch.tensor([0, 1]))
+            except SampleMixingError as exc:
+                raise ValueError(f"--layer {config.layer!r}: {exc}. A loss needs a layer with no BatchNorm "
+                                 f"after it in training, e.g. {MODEL_SPECS[config.model].target_layer!r}") from None
         for folder in (Path(config.out_dir) / "runs", Path(config.out_dir) / "checkpoints"):
             _check_writable(folder)
         return config
@@ -146,7 +169,8 @@ class TrainConfig:
         """Every field that can change the run's numbers, resolved (defaults filled in, amp and
         channels_last as they take effect), plus the device type. Hashed into :attr:`run_id`."""
         c = self.resolved()
-        fields = {k: v for k, v in asdict(c).items() if k not in NOT_RESULT_FIELDS}
+        fields = {k: v for k, v in asdict(c).items()
+                  if k not in NOT_RESULT_FIELDS and (k not in LATER_FIELDS or v != LATER_FIELDS[k])}
         cuda = c.device_type == "cuda"
         fields.update(device_type=c.device_type, amp=bool(c.amp) and cuda,
                       channels_last=cuda if c.channels_last is None else bool(c.channels_last))
@@ -175,13 +199,18 @@ class TrainConfig:
             parts.append(f"lb{c.lambda_batchcam:g}")
         if c.layer != MODEL_SPECS[c.model].target_layer:
             parts.append(f"L{c.layer}")
+        later = {"decoy": {"train+test": "decoy", "test": "decoytest"}.get(c.decoy),
+                 "prototype_source": "pclean", "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
+                 "cam_normalize": c.cam_normalize}
+        parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v]
         parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)
         return "-".join(parts + [c.device_type, self.config_hash])
 
     def objective_spec(self) -> Objective:
         """The :class:`~batchcam.losses.Objective` this config trains with."""
-        return Objective.from_name(self.objective, self.distance, self.lambda_proto,
-                                   self.lambda_batchcam, NUM_CLASSES)
+        return Objective.from_name(self.objective, self.distance, self.lambda_proto, self.lambda_batchcam,
+                                   NUM_CLASSES, lambda_rrr=self.lambda_rrr, stop_gradient=self.stop_gradient,
+                                   normalize=self.cam_normalize)
 
 
 def _check_writable(folder: Path) -> None:

@@ -173,14 +173,17 @@ class TensorLoader:
         device: where the data and the batches live.
         drop_last: drop the last incomplete batch.
         channels_last: return batches in ``torch.channels_last`` memory format.
+        masks: optional bool ``[N, H, W]`` sliced with the images (chapter 7's decoy patches),
+            resized to S × S by nearest neighbour.
 
     Yields:
-        ``(x, y)``: x float32 ``[B, 1, S, S]`` in [0, 1], y int64 ``[B]``.
+        ``(x, y)``: x float32 ``[B, 1, S, S]`` in [0, 1], y int64 ``[B]``; ``(x, y, m)`` with
+        ``masks``, m bool ``[B, S, S]``.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
                  seed: int = 0, image_size: int | None = None, device: str | torch.device = "cpu",
-                 drop_last: bool = False, channels_last: bool = False) -> None:
+                 drop_last: bool = False, channels_last: bool = False, masks: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
@@ -190,6 +193,9 @@ class TensorLoader:
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)
+        if masks is not None and tuple(masks.shape) != (len(images),) + tuple(images.shape[2:]):
+            raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
+        self.masks = None if masks is None else masks.to(self.device, torch.bool)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.image_size, self.drop_last, self.channels_last = image_size, drop_last, channels_last
         self.epoch = 0
@@ -211,7 +217,16 @@ class TensorLoader:
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             idx = sl if order is None else order[sl]
-            yield self._transform(self.images[idx]), self.labels[idx]
+            yield self._batch(idx)
+
+    def _batch(self, idx) -> tuple[torch.Tensor, ...]:
+        """``(x, y)`` or ``(x, y, masks)`` of the samples ``idx`` (a slice or an index tensor)."""
+        if self.masks is None:
+            return self._transform(self.images[idx]), self.labels[idx]
+        m = self.masks[idx]
+        if self.image_size is not None and tuple(m.shape[-2:]) != (self.image_size, self.image_size):
+            m = F.interpolate(m[:, None].float(), size=(self.image_size, self.image_size))[:, 0] > 0.5
+        return self._transform(self.images[idx]), self.labels[idx], m
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, C, H, W]`` → float32 ``[B, C, S, S]`` in [0, 1]."""

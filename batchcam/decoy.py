@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
 from .data import load_split
 
-__all__ = ["CORNERS", "make_decoy", "decoy_split", "sha256", "relevance_mass"]
+__all__ = ["CORNERS", "DECOY_SEEDS", "DecoySplits", "load_decoy", "make_decoy", "decoy_split", "sha256",
+           "relevance_mass"]
 
 #: Corner codes: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right (= 2·bottom + right).
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+#: Seeds of the decoy draws: one decoy dataset (train and test) shared by every run.
+DECOY_SEEDS = {"train": 0, "test": 1}
 
 
 def make_decoy(images: torch.Tensor, labels: torch.Tensor, *, train: bool, seed: int,
@@ -104,3 +108,41 @@ def relevance_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total = m.sum(1)
     inside = (m * mask.flatten(1).to(m.device, m.dtype)).sum(1)
     return torch.where(total > 0, inside / total.where(total > 0, 1.0), 0.0)
+
+
+Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, 1, 28, 28], int64 labels [N])
+
+
+@dataclass
+class DecoySplits:
+    """The data of one decoy run (chapter 7), built by :func:`load_decoy`."""
+
+    train: Split  # what the model trains on: decoyed, or clean for the oracle (decoy="test")
+    test: Split  # the decoyed test set (the run's test set)
+    clean_train: Split
+    clean_test: Split
+    train_masks: Optional[torch.Tensor]  # bool [N, 28, 28], the patch of each training image (decoyed training)
+    test_masks: torch.Tensor  # bool [N_test, 28, 28]
+    test_grey_class: torch.Tensor  # int64 [N_test]: the class the test patch's grey level stands for
+    info: dict  # seeds and SHA-256 of the decoyed arrays, for the record
+
+
+def load_decoy(dataset: str, decoy: str, *, root: Union[str, os.PathLike, None] = None,
+               n_train: Optional[int] = None, n_test: Optional[int] = None, seed: int = 0) -> DecoySplits:
+    """Clean and decoyed splits of a run (chapter 7). ``decoy``: ``"train+test"`` (the shortcut is
+    learnable) or ``"test"`` (trained on clean images: the oracle). The training subset follows
+    ``seed`` and the test subset seed 0, as in ``batchcam.train.load_data``; the patches follow
+    :data:`DECOY_SEEDS`."""
+    if decoy not in ("train+test", "test"):
+        raise ValueError(f"decoy must be 'train+test' or 'test', got {decoy!r}")
+    clean_train = load_split(dataset, True, root=root, n=n_train, seed=seed)
+    clean_test = load_split(dataset, False, root=root, n=n_test, seed=0)
+    test_x, test_info = make_decoy(*clean_test, train=False, seed=DECOY_SEEDS["test"])
+    info = {"seed_train": DECOY_SEEDS["train"], "seed_test": DECOY_SEEDS["test"], "test_sha256": sha256(test_x)}
+    train, train_masks = clean_train, None
+    if decoy == "train+test":
+        train_x, train_info = make_decoy(*clean_train, train=True, seed=DECOY_SEEDS["train"])
+        train, train_masks = (train_x, clean_train[1]), train_info["mask"]
+        info["train_sha256"] = sha256(train_x)
+    return DecoySplits(train, (test_x, clean_test[1]), clean_train, clean_test, train_masks, test_info["mask"],
+                       test_info["grey_class"], info)

@@ -109,7 +109,7 @@ class ShardedLoader(TensorLoader):
         for i in range(len(self)):
             mine, self.shard_weight = shard(order[i * self.batch_size:(i + 1) * self.batch_size],
                                             self.rank, self.world_size)
-            yield self._transform(self.images[mine]), self.labels[mine]
+            yield self._batch(mine)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from .cam import batch_gradcam_with_logits, gradcam_loop, normalize_cam
 from .data import TensorLoader
 from .metrics import BASELINES, ReconstructionMeter, baseline_maps
 
-__all__ = ["evaluate", "time_gradcam", "faithfulness", "EVAL_BATCH_SIZE"]
+__all__ = ["evaluate", "time_gradcam", "faithfulness", "decoy_metrics", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 256
 
@@ -152,3 +152,35 @@ def faithfulness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, p
                 res = deletion_insertion(model, x, m, y, steps=steps)
             out[kind] = {"deletion": float(res["deletion"].mean()), "insertion": float(res["insertion"].mean())}
     return {**out, "samples": n, "steps": steps}
+
+
+def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[int] = None,
+                  amp: bool = False) -> dict:
+    """What a model makes of the decoy patch (chapter 7); ``splits`` a ``batchcam.decoy.DecoySplits``.
+
+    Returns ``{"clean_accuracy"`` (on the clean test images), ``"relevance_mass"`` (mean share of
+    the true-class Grad-CAM map inside the patch, decoyed test images), ``"follows_patch"`` (share
+    of decoyed test images predicted as the class the patch's grey level stands for; 0.1 by chance),
+    plus ``splits.info`` (decoy seeds, SHA-256 of the decoyed arrays)``}``.
+    """
+    from .decoy import relevance_mass
+
+    device = next(model.parameters()).device
+    kw = dict(image_size=image_size, device=device, channels_last=_channels_last(model))
+    clean = TensorLoader(*splits.clean_test, EVAL_BATCH_SIZE, **kw)
+    decoyed = TensorLoader(*splits.test, EVAL_BATCH_SIZE, masks=splits.test_masks, **kw)
+    grey = splits.test_grey_class.to(device)
+    correct, mass, follows, start = 0, 0.0, 0, 0
+    with eval_mode(model):
+        with torch.no_grad(), bf16_autocast(device, amp):
+            for x, y in clean:
+                correct += int((model(x).argmax(1) == y).sum())
+        for x, y, m in decoyed:
+            with bf16_autocast(device, amp):
+                maps, logits = batch_gradcam_with_logits(model, x, layer, y)
+            mass += float(relevance_mass(maps.float(), m).sum())
+            follows += int((logits.argmax(1) == grey[start:start + len(y)]).sum())
+            start += len(y)
+    n = len(splits.test[1])
+    return {"clean_accuracy": correct / len(splits.clean_test[1]), "relevance_mass": mass / n,
+            "follows_patch": follows / n, **splits.info}

@@ -19,12 +19,15 @@ from ._helpers import bf16_autocast, unknown_choice
 from ._ssim import ssim
 from .cam import batch_gradcam_with_logits
 
-__all__ = ["DISTANCES", "OBJECTIVES", "Objective", "distance", "prototype_loss", "batchcam_loss",
-           "objective_loss"]
+__all__ = ["DISTANCES", "OBJECTIVES", "ALL_OBJECTIVES", "Objective", "distance", "prototype_loss",
+           "batchcam_loss", "rrr_loss", "objective_loss"]
 
 DISTANCES = ("l1", "l2", "ssim")
-OBJECTIVES = ("ce", "ce+proto", "ce+batchcam", "ce+proto+batchcam")
-CAM_TERMS = ("proto", "batchcam")
+OBJECTIVES = ("ce", "ce+proto", "ce+batchcam", "ce+proto+batchcam")  # the paper's
+#: Also ``ce+rrr``: a penalty on the map inside a known spurious region (chapter 7, Decoy-MNIST).
+ALL_OBJECTIVES = OBJECTIVES + ("ce+rrr",)
+CAM_TERMS = ("proto", "batchcam", "rrr")
+CAM_NORMALIZE = ("max", "minmax")
 
 #: ``reduce(sums [C, H, W], counts [C])`` sums both in place over processes (DDP); None: one process.
 Reduce = Optional[Callable[[torch.Tensor, torch.Tensor], None]]
@@ -82,10 +85,13 @@ def class_means(recon: torch.Tensor, targets: torch.Tensor, num_classes: int,
 
 
 def batchcam_loss(recon: torch.Tensor, targets: torch.Tensor, kind: str = "l1", *,
-                  num_classes: Optional[int] = None, reduce: Reduce = None) -> torch.Tensor:
+                  num_classes: Optional[int] = None, reduce: Reduce = None,
+                  stop_gradient: bool = True) -> torch.Tensor:
     """Batch-CAM Loss ``L_B = mean_b d(R_b, sg(R̄_{t_b}))`` (chapter 5).
 
-    ``R̄_c`` is the mean map of the samples of class ``c`` in the batch, a constant (stop-gradient).
+    ``R̄_c`` is the mean map of the samples of class ``c`` in the batch, a constant (stop-gradient;
+    ``stop_gradient=False`` lets the gradient flow through the mean too: chapter 7's ablation,
+    one process only).
     A class with one sample in the (global) batch contributes 0 (it would be compared with
     itself); the mean is over all B samples. All-zero maps are a trivial minimiser (chapter 5).
 
@@ -102,8 +108,22 @@ def batchcam_loss(recon: torch.Tensor, targets: torch.Tensor, kind: str = "l1", 
         return recon.sum()
     c = int(targets.max()) + 1 if num_classes is None else num_classes
     means, counts = class_means(recon, targets, c, reduce)
+    if not stop_gradient:
+        sums = torch.zeros_like(means).index_add(0, targets, recon)
+        means = sums / counts.clamp_min(1).view(-1, 1, 1)
     d = distance(recon, means[targets], kind)
     return (d * (counts[targets] > 1).to(d.dtype)).mean()
+
+
+def rrr_loss(recon: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """RRR-G, "right for the right reasons" with Grad-CAM (chapter 7): ``mean_b Σ R_b·M_b / Σ M_b``,
+    the mean map value inside each sample's known spurious region ``M_b`` (Ross et al. 2017 penalise
+    input gradients there; we penalise the Grad-CAM map). recon [B, H, W] in [0, 1]; masks bool
+    [B, H, W], each with at least one pixel. Returns a scalar; 0 for an empty batch."""
+    if recon.shape[0] == 0:
+        return recon.sum()
+    m = masks.to(recon.dtype)
+    return ((recon * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)).mean()
 
 
 @dataclass(frozen=True)
@@ -112,24 +132,30 @@ class Objective:
 
     ``weights`` maps ``"proto"`` / ``"batchcam"`` to λ; a term absent from ``weights`` is not
     computed (one with λ = 0 is computed and weighted by 0, so its value is still reported).
-    ``distance`` is the ``d`` of both terms; ``num_classes`` sizes the class means.
+    ``distance`` is the ``d`` of both terms; ``num_classes`` sizes the class means. Chapter 7's
+    ablations: ``stop_gradient`` on the Batch-CAM mean, ``normalize`` of the training maps.
     """
 
     weights: tuple[tuple[str, float], ...] = ()
     distance: str = "l1"
     num_classes: int = 10
+    stop_gradient: bool = True
+    normalize: str = "max"
 
     @classmethod
     def from_name(cls, name: str, distance: str = "l1", lambda_proto: float = 1.0,
-                  lambda_batchcam: float = 1.0, num_classes: int = 10) -> "Objective":
-        """``Objective.from_name("ce+proto+batchcam", "ssim", 1.0, 0.3)``; names in ``OBJECTIVES``."""
-        if name not in OBJECTIVES:
-            raise unknown_choice("objective", name, OBJECTIVES)
+                  lambda_batchcam: float = 1.0, num_classes: int = 10, *, lambda_rrr: float = 1.0,
+                  stop_gradient: bool = True, normalize: str = "max") -> "Objective":
+        """``Objective.from_name("ce+proto+batchcam", "ssim", 1.0, 0.3)``; names in ``ALL_OBJECTIVES``."""
+        if name not in ALL_OBJECTIVES:
+            raise unknown_choice("objective", name, ALL_OBJECTIVES)
         if distance not in DISTANCES:
             raise unknown_choice("distance", distance, DISTANCES)
-        lam = {"proto": lambda_proto, "batchcam": lambda_batchcam}
+        if normalize not in CAM_NORMALIZE:
+            raise unknown_choice("normalize", normalize, CAM_NORMALIZE)
+        lam = {"proto": lambda_proto, "batchcam": lambda_batchcam, "rrr": lambda_rrr}
         terms = name.split("+")[1:]
-        return cls(tuple((t, float(lam[t])) for t in terms), distance, num_classes)
+        return cls(tuple((t, float(lam[t])) for t in terms), distance, num_classes, stop_gradient, normalize)
 
     @property
     def name(self) -> str:
@@ -144,7 +170,8 @@ class Objective:
 
 def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                    layer: str, prototypes: Optional[torch.Tensor] = None, amp: bool = False,
-                   reduce: Reduce = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                   reduce: Reduce = None, masks: Optional[torch.Tensor] = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The loss of one training batch, term by term (chapter 5).
 
     One forward gives the logits for the cross-entropy and, when the objective has a CAM term,
@@ -159,13 +186,15 @@ def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: t
         model: in train mode; x: images [B, 1, H, W] in [0, 1]; y: labels int64 [B].
         layer: the Grad-CAM layer (dotted name); prototypes: [C, H, W] on ``x``'s device.
         reduce: DDP sum of the Batch-CAM class means (:func:`class_means`).
+        masks: bool [B, H, W], the known spurious region of each sample (``ce+rrr`` only).
     Returns:
         ``(terms, logits)``: scalar tensors ``"ce"``, one per CAM term and ``"total"``;
         logits [B, C] float32.
     """
     with bf16_autocast(x.device, amp):
         if objective.needs_cam:
-            cam, logits = batch_gradcam_with_logits(model, x, layer, y, create_graph=True)
+            cam, logits = batch_gradcam_with_logits(model, x, layer, y, create_graph=True,
+                                                    normalize=objective.normalize)
         else:
             cam, logits = None, model(x)
     logits = logits.float()
@@ -175,9 +204,11 @@ def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: t
         r = cam.float()
         if term == "proto":
             terms[term] = prototype_loss(r, prototypes, y, objective.distance)
+        elif term == "rrr":
+            terms[term] = rrr_loss(r, masks)
         else:
             terms[term] = batchcam_loss(r, y, objective.distance, num_classes=objective.num_classes,
-                                        reduce=reduce)
+                                        reduce=reduce, stop_gradient=objective.stop_gradient)
         total = total + lam * terms[term]
     terms["total"] = total
     return terms, logits

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULT_FILES = ("batchcam/cam.py", "batchcam/_capture.py", "batchcam/losses.py", "batchcam/_ssim.py",
                 "batchcam/models.py", "batchcam/data.py", "batchcam/_idx.py", "batchcam/prototypes.py",
                 "batchcam/train.py", "batchcam/evaluate.py", "batchcam/config.py", "batchcam/metrics.py",
-                "batchcam/faithfulness.py")
+                "batchcam/faithfulness.py", "batchcam/decoy.py")
 
 
 def git(*args: str) -> Optional[str]:

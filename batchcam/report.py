@@ -15,10 +15,11 @@ larger of their interquartile ranges over repeated calls.
 
 from __future__ import annotations
 
-import html
 import math
 from collections import defaultdict
 from typing import Iterable, Mapping, Optional, Sequence
+
+from .table import Table
 
 __all__ = ["aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
            "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
@@ -33,6 +34,8 @@ METRICS = ("accuracy", *MAP_METRICS, "train_time_per_epoch_s", "gradcam_batch_s"
 LOSS_OBJECTIVES = ("ce+proto", "ce+batchcam", "ce+proto+batchcam")
 ORDER = {o: i for i, o in enumerate(("ce",) + LOSS_OBJECTIVES + ("random model",))}
 NO_VOTES = "no cell with ≥ 3 seeds at a non-smoke scale"
+#: What two cells must share to be averaged together or compared: budget and training recipe.
+RECIPE = ("n_train", "n_test", "epochs", "image_size", "optimizer", "lr", "batch_size")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -47,15 +50,21 @@ def _cell_name(row: Mapping) -> str:
 def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str] = ()) -> dict[tuple, dict]:
     """Mean ± std over seeds per (dataset, model, objective) at the preferred scale.
 
-    Only records with λ = 1, the given ``distance`` and the model's default Grad-CAM layer count
-    (not chapter 7's ablations); ``epochs=0`` records form the ``"random model"`` cell. ``stale``:
+    Only records with λ = 1, the given ``distance``, the model's default Grad-CAM layer and no
+    chapter-7 option (decoy, prototype source, stop-gradient, normalisation) count; ``epochs=0``
+    records form the ``"random model"`` cell. Within a scale, the seeds of one budget and recipe
+    (subset, epochs, size, optimiser, lr, batch) are averaged: a complete one (≥ 3 seeds) first,
+    then the grid's current recipe (``grid.MODEL_DEFAULTS``), then the most seeds. ``stale``:
     run ids that ``results.stale_records`` flags. Cell: ``{"n", "scale", "votes", "epochs", "n_train",
     "n_test", "image_size", "device", "run_ids", "collapsed": seeds ≥ 50 % dead, "stale", metric: (mean, std)}``.
     """
+    from .config import LATER_FIELDS
+    from .grid import MODEL_DEFAULTS
     from .models import default_target_layer
     stale, cells = set(stale), defaultdict(lambda: defaultdict(list))
     for r in rows:
         paper = r.get("lambda_proto") == r.get("lambda_batchcam") == 1.0 and r.get("distance") == distance
+        paper = paper and all(r.get(k, v) == v for k, v in LATER_FIELDS.items())
         if paper and r.get("layer") in (None, default_target_layer(r["model"])):  # not an ablation
             cells[(r["dataset"], r["model"], _cell_name(r))][r["scale"]].append(r)
     out = {}
@@ -63,13 +72,16 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
         scale = next((s for s in SCALE_PREFERENCE if s in scales), sorted(scales)[0])
         budgets = defaultdict(list)
         for r in scales[scale]:
-            budgets[(r["n_train"], r["image_size"], r["epochs"])].append(r)
-        runs = max(budgets.values(), key=lambda rs: (len(rs), rs[0]["epochs"]))
+            budgets[tuple(r.get(k) for k in RECIPE)].append(r)
+        current = lambda r: all(r.get(k) == v for k, v in MODEL_DEFAULTS.get(r["model"], {}).items()  # noqa: E731
+                                if k not in ("epochs", "image_size"))
+        runs = max(budgets.values(), key=lambda rs: (len(rs) >= MIN_SEEDS, current(rs[0]), len(rs), rs[0]["epochs"]))
         r0 = runs[0]
         smoke = bool(r0["n_train"]) and r0["n_train"] < MIN_SUBSET
         cell = {"n": len(runs), "scale": scale + (" (smoke)" if smoke else ""),
                 "votes": len(runs) >= MIN_SEEDS and not smoke, "epochs": r0["epochs"],
                 "n_train": r0["n_train"], "n_test": r0.get("n_test"), "image_size": r0["image_size"],
+                "lr": r0.get("lr"), "batch_size": r0.get("batch_size"), "optimizer": r0.get("optimizer"),
                 "device": r0["device_name"] or r0["device"], "run_ids": sorted(r["run_id"] for r in runs),
                 "collapsed": sum(r["dead_fraction"] >= COLLAPSE for r in runs),
                 "stale": sum(r["run_id"] in stale for r in runs)}
@@ -78,31 +90,6 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
             cell[m] = _mean_std(vals) if vals else None
         out[key] = cell
     return out
-
-
-class Table:
-    """A table that shows as HTML in a notebook (right-aligned numbers, scrolls on a phone) and
-    as aligned text elsewhere (nbval compares that)."""
-
-    def __init__(self, header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> None:
-        self.header, self.rows, self.caption = list(header), [[str(c) for c in r] for r in rows], caption
-
-    def __repr__(self) -> str:
-        widths = [max(len(str(c)) for c in col) for col in zip(self.header, *self.rows)]
-        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-        body = [line(self.header), "  ".join("-" * w for w in widths)] + [line(r) for r in self.rows]
-        return "\n".join(([self.caption] if self.caption else []) + body)
-
-    def _repr_html_(self) -> str:
-        def td(c: str, tag: str = "td") -> str:
-            num = c[:1].isdigit() or c[:1] in "−-+." and c[1:2].isdigit()
-            style = "padding:2px 8px;white-space:nowrap;text-align:" + ("right" if num else "left")
-            return f'<{tag} style="{style}">{html.escape(c)}</{tag}>'
-        head = "".join(td(c, "th") for c in self.header)
-        body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in self.rows)
-        cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
-        return (f'<div style="overflow-x:auto;max-width:100%"><table style="border-collapse:collapse">'
-                f"{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def _fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:
@@ -166,7 +153,7 @@ def _pairs(agg: Mapping[tuple, dict], objective: str, voting: bool = True):
     for (ds, model) in sorted({k[:2] for k in agg}):
         ce, other = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
         if ce and other and (ce["votes"] and other["votes"] and all(
-                ce[k] == other[k] for k in ("scale", "n_train", "n_test", "epochs", "image_size"))) == voting:
+                ce.get(k) == other.get(k) for k in ("scale", *RECIPE))) == voting:
             yield f"{ds}/{model}", ce, other
 
 

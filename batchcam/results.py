@@ -168,6 +168,7 @@ def _row(record: dict) -> dict:
     row.update({k: v for k, v in final.items() if not isinstance(v, dict)})
     for kind, metrics in final.get("baselines", {}).items():
         row.update({f"{kind}_{k}": v for k, v in metrics.items() if not isinstance(v, dict)})
+    row.update({f"decoy_{k}": v for k, v in final.get("decoy", {}).items()})
     for kind, metrics in final.get("faithfulness", {}).items():
         if isinstance(metrics, dict):
             row.update({f"{k}_{kind}": v for k, v in metrics.items()})  # e.g. deletion_maps
@@ -207,7 +208,7 @@ def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
     config, ev = run.config, run.evaluation
     last = run.history[-1] if run.history else {}
     final = {"accuracy": ev["accuracy"], **ev["maps"], "baselines": ev["baselines"],
-             "faithfulness": ev.get("faithfulness", {}),
+             "faithfulness": ev.get("faithfulness", {}), **({"decoy": ev["decoy"]} if "decoy" in ev else {}),
              "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_total"),
              "epochs_completed": len(run.history)}
     record = {"schema_version": SCHEMA_VERSION, "run_id": config.run_id, "config": asdict(config),
@@ -245,17 +246,10 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> O
 
 
 def load_behaviour(path: Optional[PathLike] = None) -> dict:
-    """``results/behaviour.json``: ``{code_key: {model or "data": {name: number}}}``, the probe of
-    each code version (``batchcam.behaviour``; ``scripts/fingerprint.py`` adds entries); ``{}``
-    when absent (chapter 6)."""
+    """``results/behaviour.json``: ``{code_key: {model or "data": {name: number}}}``, each code version's
+    probe (``batchcam.behaviour``, ``scripts/fingerprint.py``); ``{}`` when absent (chapter 6)."""
     path = Path(path) if path is not None else results_root("runs").parent / "behaviour.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _same_behaviour(hashes: dict, head: dict, model: str) -> bool:
-    """Whether the probes of two code versions (``code_hashes`` dicts) agree for ``model``."""
-    a, b = (load_behaviour().get(code_key(h)) for h in (hashes, head))
-    return bool(a and b and same_behaviour(a, b, model))
 
 
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
@@ -271,14 +265,16 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     stale when it was made from a dirty tree or names no commit (or one this repository lacks).
     """
     root = Path(root) if root is not None else results_root("runs")
-    out, by_commit, head = [], {}, None
+    out, by_commit, head, behaviour = [], {}, None, load_behaviour()
     for path in sorted(root.glob("*.json")):
         try:
             record = load_record(path)
         except (OSError, ValueError):
             continue
-        prov = record["provenance"]
-        commit, reason, hashes = prov.get("git_commit"), None, prov.get("code_sha256")
+        prov, reason = record["provenance"], None
+        commit, hashes = prov.get("git_commit"), prov.get("code_sha256")
+        if hashes and commit and set(RESULT_FILES) - set(hashes):  # a result file added since: its commit's
+            hashes = {**(by_commit.setdefault(commit, code_hashes(commit)) or {}), **hashes}
         if not hashes:  # a record made before fingerprints: its commit's code stands for it
             if not commit:
                 reason = "no commit recorded"
@@ -293,7 +289,8 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
         if hashes:
             head = head or code_hashes("HEAD")
             changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
-            if changed and not _same_behaviour(hashes, head, record["config"].get("model", "")):
+            probes = [behaviour.get(code_key(h)) for h in (hashes, head)] if changed else []
+            if changed and not (all(probes) and same_behaviour(*probes, record["config"].get("model", ""))):
                 reason = "changed since: " + ", ".join(changed)
         if reason:
             out.append({"run_id": path.stem, "commit": commit, "reason": reason})

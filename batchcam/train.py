@@ -24,7 +24,8 @@ from . import distributed
 from ._helpers import atomic_torch_save, set_seed
 from .config import NUM_CLASSES, TrainConfig
 from .data import TensorLoader, load_split
-from .evaluate import clock, evaluate, faithfulness, time_gradcam
+from .decoy import load_decoy
+from .evaluate import clock, decoy_metrics, evaluate, faithfulness, time_gradcam
 from .losses import Objective, Reduce, objective_loss
 from .models import create_model
 from .prototypes import class_prototypes
@@ -73,9 +74,9 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: TensorLoader
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), dtype=torch.long, device=loader.device)
     seen = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+    for x, y, *masks in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         terms, logits = objective_loss(objective, model, x, y, layer=layer, prototypes=prototypes,
-                                       amp=amp, reduce=reduce)
+                                       amp=amp, reduce=reduce, masks=masks[0] if masks else None)
         optimizer.zero_grad(set_to_none=True)
         weight = getattr(loader, "shard_weight", 1.0)  # DDP: W·B_r/B (batchcam.distributed.ShardedLoader)
         (terms["total"] if weight == 1.0 else terms["total"] * weight).backward()
@@ -216,8 +217,14 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     ckpt, started = checkpoint_path(config), time.perf_counter()
     set_seed(config.seed)
-    (train_x, train_y), (test_x, test_y) = data if data is not None else load_data(config)
-    prototypes = ddp.from_main(lambda: class_prototypes(train_x, train_y, NUM_CLASSES, size=config.image_size))
+    decoy = None if config.decoy == "none" else load_decoy(
+        config.dataset, config.decoy, root=config.data_root, n_train=config.n_train, n_test=config.n_test,
+        seed=config.seed)  # chapter 7
+    if data is None:
+        data = (decoy.train, decoy.test) if decoy else load_data(config)
+    (train_x, train_y), (test_x, test_y) = data
+    source = decoy.clean_train if decoy and config.prototype_source == "clean" else (train_x, train_y)
+    prototypes = ddp.from_main(lambda: class_prototypes(*source, NUM_CLASSES, size=config.image_size))
     prototypes = prototypes.to(device)
     model = ddp.sync_batchnorm(create_model(config.model, NUM_CLASSES, 1, config.image_size))
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
@@ -226,7 +233,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     net = ddp.wrap(model)  # DistributedDataParallel under torchrun, else the model itself
     loader = ddp.loader(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed,
                         image_size=config.image_size, device=device, channels_last=channels_last,
-                        drop_last=ddp.drop_last(len(train_y), config.batch_size))  # BatchNorm needs B ≥ 2
+                        drop_last=ddp.drop_last(len(train_y), config.batch_size),  # BatchNorm needs B ≥ 2
+                        **({"masks": decoy.train_masks} if config.objective == "ce+rrr" else {}))
     objective = config.objective_spec()
     kw = dict(layer=config.layer, image_size=config.image_size, amp=amp)
     ev = None
@@ -256,6 +264,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
         loop = time_gradcam(model, test_x, test_y, n_loop=config.eval_cam_loop_samples, **kw)
         ev["faithfulness"] = faithfulness(model, test_x, test_y, prototypes,
                                           n=config.eval_faithfulness_samples, **kw)
+        if decoy is not None:
+            ev["decoy"] = decoy_metrics(model, decoy, **kw)
     per_epoch = [row["train_time_s"] for row in history]
     timings = {"train_time_per_epoch_s": sum(per_epoch) / len(per_epoch) if per_epoch else None,
                "gradcam_batch_s": ev["gradcam_time_s"], "gradcam_batch_samples": ev["samples"],

@@ -7,9 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
 # SimpleCNN at full data, 2 epochs, 3 seeds, plus the untrained-model baseline (epochs 0), with
 # the evaluation settings of the committed records (64 images timed with the per-image loop,
-# 200 scored by deletion/insertion), so that their runs are recognised and skipped. About 3 min
-# per trained run (any objective: the GAP head keeps the double backward cheap) and 1 min per
-# untrained one on 2 cores: the 30 runs took 75 min here (cec57a1, 2026-11-30).
+# 200 scored by deletion/insertion), so that their runs are recognised and skipped. About 2 min
+# per trained run on an idle 2-core machine (any objective: the GAP head keeps the double backward
+# cheap) and under 1 min per untrained one; chapter 6 reports each record's time.
 for obj in ce ce+proto+batchcam ce+proto ce+batchcam; do
   extra=(); [ "$obj" != ce ] && extra=(--no-random-baseline)
   $PY -m batchcam reproduce --grid paper --models simplecnn --objectives "$obj" "${extra[@]}" \

@@ -47,7 +47,7 @@ def test_ablations_are_valid_configurations_and_rows_name_their_variant():
 def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
     import batchcam.cli as cli
 
-    assert set(GRIDS) == {"paper", "ablations"}
+    assert set(GRIDS) == {"paper", "ablations", "decoy"}
     assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
                      "--dry-run"]) == 0
     out = capsys.readouterr().out

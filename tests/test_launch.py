@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,10 @@ def test_a_job_still_running_locally_is_not_submitted_again(tmp_path, capsys):
     folder = tmp_path / "logs"
     (folder / "submitted").mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    for _ in range(100):  # until the child has exec'd (its command line is empty before)
+        if b"submitit" in Path(f"/proc/{sleeper.pid}/cmdline").read_bytes():
+            break
+        time.sleep(0.05)
     try:
         (folder / "submitted" / f"{config.run_id}.json").write_text(json.dumps(
             {"job_id": str(sleeper.pid), "cluster": "local", "folder": str(folder)}))
