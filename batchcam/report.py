@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .table import Table
 
-__all__ = ["aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
+__all__ = ["beats", "fmt", "verdict", "aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
            "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
 
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
@@ -92,7 +92,8 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
     return out
 
 
-def _fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:
+def fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:
+    """``"mean ± std"`` of a ``(mean, std)`` cell statistic times ``scale``, "—" if None (chapters 6–8)."""
     return "—" if stat is None else f"{stat[0] * scale:.{digits}f} ± {stat[1] * scale:.{digits}f}"
 
 
@@ -117,7 +118,7 @@ def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int
     rows, items = [], _sorted(agg)
     for i, ((ds, model, obj), cell) in enumerate(items):
         flag = f" ⚠ collapsed ({cell['collapsed']}/{cell['n']})" if cell["collapsed"] else ""
-        rows.append([ds, model, obj + flag, *(_fmt(cell.get(m), d, s) for m, d, s in columns.values()),
+        rows.append([ds, model, obj + flag, *(fmt(cell.get(m), d, s) for m, d, s in columns.values()),
                      cell["n"], cell["scale"] + (" †" if cell.get("stale") else ""), _budget(cell)])
         if not baselines or (i + 1 < len(items) and items[i + 1][0][:2] == (ds, model)):
             continue  # baseline rows close each (dataset, model) group
@@ -126,7 +127,7 @@ def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int
         if ref is None or not any(f"blank_{m}" in METRICS for m, _, _ in columns.values() if m != "dead_fraction"):
             continue
         for kind in ("blank", "input"):
-            vals = [_fmt(ref.get(f"{kind}_{m}"), d, s) for m, d, s in columns.values()]
+            vals = [fmt(ref.get(f"{kind}_{m}"), d, s) for m, d, s in columns.values()]
             rows.append([ds, model, "blank map" if kind == "blank" else "input image", *vals,
                          "—", "baseline", "same test images"])
     return Table(["dataset", "model", "objective", *columns, "seeds", "scale", "budget"], rows, caption)
@@ -137,11 +138,14 @@ def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
     return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds" for (ds, m, o), c in sorted(agg.items()) if c["collapsed"]]
 
 
-def _beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
+def beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
+    """Whether ``(mean, std)`` ``a`` beats ``b`` (``better``: "higher" or "lower") by more than the
+    larger std: chapter 6's rule. None when either is missing."""
     return None if a is None or b is None else (a[0] - b[0] if better == "higher" else b[0] - a[0]) > max(a[1], b[1])
 
 
-def _verdict(results: list[bool], missing: str = NO_VOTES) -> str:
+def verdict(results: list[bool], missing: str = NO_VOTES) -> str:
+    """Supported (every voting pair), mixed (some), not supported (none), not testable (no pair); chapter 6."""
     return (f"not testable ({missing})" if not results else "supported" if all(results)
             else "mixed" if any(results) else "not supported")
 
@@ -163,25 +167,25 @@ def _ratios(bench: Optional[Mapping], key: str) -> list[tuple[str, float, float]
 
 
 def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
-           objective: str = "ce+proto+batchcam") -> list[dict]:
+           objective: str = "ce+proto+batchcam", spurious: Optional[dict] = None) -> list[dict]:
     """The claims of arXiv v1 and v2 with a verdict each, from the records (chapter 6).
 
     ``bench``: chapter 3's benchmark as :func:`bench_ratios` returns it, ``{"batch_vs_loop": [(label,
     loop / batch, spread)], "train_overhead": [(label, loss step / ce step, spread)]}`` (or one number).
-    Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
+    ``spurious``: chapter 8's verdict (``batchcam.spurious.spurious_verdict``), last. Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
     """
     out = []
     shown = [f"{name}: shown, not counted (ce {ce['n']} seed(s) {ce['scale']}; {objective} {c['n']} "
              f"seed(s) {c['scale']})" for name, ce, c in _pairs(agg, objective, voting=False)]
 
     def add(version, claim, test, results, evidence, missing=NO_VOTES, data=True):
-        out.append({"version": version, "claim": claim, "test": test, "verdict": _verdict(results, missing),
+        out.append({"version": version, "claim": claim, "test": test, "verdict": verdict(results, missing),
                     "evidence": evidence + (shown if data else [])})
 
     res, ev = [], []
     for name, ce, c in _pairs(agg, objective):
-        res.append(bool(_beats(c["accuracy"], ce["accuracy"], "higher")))
-        ev.append(f"{name}: {_fmt(c['accuracy'], 2, 100)} % vs ce {_fmt(ce['accuracy'], 2, 100)} %")
+        res.append(bool(beats(c["accuracy"], ce["accuracy"], "higher")))
+        ev.append(f"{name}: {fmt(c['accuracy'], 2, 100)} % vs ce {fmt(ce['accuracy'], 2, 100)} %")
     add("v1", "better accuracy", f"{objective} beats ce by more than the seed spread", res, ev)
     comp = [c["accuracy"][0] >= ce["accuracy"][0] - 0.005 - max(c["accuracy"][1], ce["accuracy"][1])
             for _, ce, c in _pairs(agg, objective)]
@@ -193,7 +197,7 @@ def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
         rand = agg.get((name.split("/")[0], name.split("/")[1], "random model"))
         if rand:
             refs["random model"] = rand
-        won = {k: bool(_beats(c["l1"], r["l1"], "lower")) and bool(_beats(c["ssim"], r["ssim"], "higher"))
+        won = {k: bool(beats(c["l1"], r["l1"], "lower")) and bool(beats(c["ssim"], r["ssim"], "higher"))
                for k, r in refs.items()}
         res.append(all(won.values()))
         ev.append(f"{name}: L1 {c['l1'][0]:.3f}, SSIM {c['ssim'][0]:.3f}; beats "
@@ -202,7 +206,7 @@ def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
         "untrained model on L1 and SSIM (circular: L_P trains on this distance)", res, ev)
     res, ev = [], []
     for name, ce, c in _pairs(agg, objective):
-        tighter = bool(_beats(c["dispersion"], ce["dispersion"], "lower"))
+        tighter = bool(beats(c["dispersion"], ce["dispersion"], "lower"))
         gap = lambda x: x["corr_image"][0] - x["corr_prototype"][0]  # noqa: E731
         spread = max(x[k][1] for x in (c, ce) for k in ("corr_image", "corr_prototype"))
         res.append(tighter and gap(c) >= gap(ce) - spread)
@@ -222,9 +226,10 @@ def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
         "batch size (chapter 3's benchmark)", [r - 1 > s for _, r, s in speed],
         [f"{k}: loop / batch = {r:.2f}× (IQR spread {s:.2f})" for k, r, s in speed], "no benchmark record",
         data=False)
-    add("v2", "suppresses spurious features", "decoy-patch relevance and accuracy (chapter 7)", [],
-        ["needs the Decoy-MNIST grid of chapter 7, not run yet"], "no Decoy-MNIST records", data=False)
-    return out
+    if spurious is None:
+        add("v2", "suppresses spurious features", "decoy-patch relevance and accuracy (chapter 8)", [],
+            ["no Decoy-MNIST records"], "no Decoy-MNIST records", data=False)
+    return out + ([spurious] if spurious else [])
 
 
 def bench_ratios(*records: Optional[Mapping], objective: str = "ce+proto+batchcam:l1") -> dict:
@@ -258,8 +263,8 @@ def faithfulness_table(agg: Mapping[tuple, dict], dataset: str, caption: str = "
             continue
         vals = [f"{cell[f'deletion_{r}'][0]:.3f} / {cell[f'insertion_{r}'][0]:.3f}" for r in REFERENCE_MAPS]
         beat = [r for r in REFERENCE_MAPS[1:]
-                if _beats(cell[f"deletion_{r}"], cell["deletion_maps"], "lower")
-                or _beats(cell[f"insertion_{r}"], cell["insertion_maps"], "higher")]
+                if beats(cell[f"deletion_{r}"], cell["deletion_maps"], "lower")
+                or beats(cell[f"insertion_{r}"], cell["insertion_maps"], "higher")]
         rows.append([model, obj, *vals, ", ".join(beat) or "none", cell["n"],
                      cell["scale"] + (" †" if cell.get("stale") else "")])
     return Table(["model", "objective", "Grad-CAM", *REFERENCE_MAPS[1:], "beats Grad-CAM", "seeds", "scale"],

@@ -141,3 +141,28 @@ def test_aggregate_keeps_decoy_runs_out_and_prefers_the_grids_recipe(make_record
     decoy = dict(rows[-1], decoy="train+test", accuracy=0.5, run_id="decoy")
     cell = aggregate(rows + [decoy])[("mnist", "simplecnn", "ce")]
     assert cell["n"] == 3 and cell["lr"] == 2e-3 and cell["accuracy"][0] == pytest.approx(0.2)
+
+
+def _decoy_rows(cell_fields, mass, acc, seeds=(0, 1, 2), dataset="mnist"):
+    rows = []
+    for s in seeds:
+        c = TrainConfig(device="cpu", dataset=dataset, seed=s, **cell_fields).resolved()
+        rows.append({**c.__dict__, "run_id": f"{c.run_id}", "scale": "cpu-full", "accuracy": acc + 0.001 * s,
+                     "decoy_relevance_mass": mass + 0.001 * s, "decoy_clean_accuracy": 0.9,
+                     "decoy_follows_patch": 0.5, "dead_fraction": 0.0})
+    return rows
+
+
+def test_the_spurious_verdict_needs_lower_relevance_mass_and_higher_accuracy_in_every_voting_dataset():
+    from batchcam.spurious import decoy_aggregate, decoy_table, spurious_verdict
+
+    ce, cpb = DECOY_CELLS["ce"], DECOY_CELLS["ce+proto+batchcam"]
+    rows = _decoy_rows(ce, mass=0.40, acc=0.30) + _decoy_rows(cpb, mass=0.10, acc=0.80)
+    agg = decoy_aggregate(rows)
+    assert agg[("mnist", "simplecnn", "ce")]["decoy_relevance_mass"][0] == pytest.approx(0.401)
+    assert spurious_verdict(agg)["verdict"] == "supported"
+    worse = _decoy_rows(ce, 0.4, 0.3, dataset="fashion-mnist") + _decoy_rows(cpb, 0.1, 0.2, dataset="fashion-mnist")
+    assert spurious_verdict(decoy_aggregate(rows + worse))["verdict"].startswith("mixed")
+    few = _decoy_rows(ce, 0.4, 0.3, seeds=(0,)) + _decoy_rows(cpb, 0.1, 0.8, seeds=(0,))
+    assert spurious_verdict(decoy_aggregate(few))["verdict"].startswith("not testable")
+    assert "not voted" in repr(decoy_table(decoy_aggregate(few)))

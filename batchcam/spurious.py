@@ -1,0 +1,93 @@
+"""The Decoy-MNIST grid's table and verdict, computed from the records only (chapter 8).
+
+The cells are ``grid.DECOY_CELLS``. Per cell: accuracy on the decoyed test set (the patch's grey
+now names a random class), on the clean test set, the *relevance mass* (share of the true-class
+Grad-CAM map inside the patch), *follows patch* (share of decoyed test images predicted as the
+class the patch's grey names; 10 % by chance) and dead maps, as mean ± std over seeds.
+
+The verdict on v2's "suppresses spurious features" uses chapter 6's rule: a (dataset, model)
+votes when ``ce`` and the loss objective both have ≥ 3 seeds at a non-smoke scale and the same
+recipe; the objective (with prototypes from the decoyed training images, all that a user who does
+not know the shortcut has) must beat ``ce`` on relevance mass (lower) *and* on decoyed-test
+accuracy (higher), each by more than the larger seed standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterable, Mapping, Optional
+
+from .grid import DECOY_CELLS, decoy_cell
+from .report import MIN_SEEDS, MIN_SUBSET, RECIPE, beats, fmt, verdict
+from .table import Table
+
+__all__ = ["METRICS", "decoy_aggregate", "decoy_table", "spurious_verdict"]
+
+#: (row key, column title, scale, digits) of the decoy table.
+METRICS = (("accuracy", "decoyed test acc. (%)", 100, 1), ("decoy_clean_accuracy", "clean test acc. (%)", 100, 1),
+           ("decoy_relevance_mass", "relevance mass (%)", 100, 1),
+           ("decoy_follows_patch", "follows patch (%)", 100, 1), ("dead_fraction", "dead maps (%)", 100, 1))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n, mean = len(values), sum(values) / len(values)
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def decoy_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]:
+    """Mean ± std over seeds per (dataset, model, decoy cell), from ``results.load_runs()`` rows
+    (chapter 8). Within a cell the seeds of one recipe (``report.RECIPE``) are averaged, the one
+    with most seeds. Cell: ``{"n", "votes", "run_ids", "scale", metric: (mean, std) or None}``."""
+    cells: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        name = decoy_cell(r)
+        if name is not None:
+            cells[(r["dataset"], r["model"], name)][tuple(r.get(k) for k in RECIPE)].append(r)
+    out = {}
+    for key, recipes in cells.items():
+        runs = max(recipes.values(), key=len)
+        smoke = bool(runs[0]["n_train"]) and runs[0]["n_train"] < MIN_SUBSET
+        cell = {"n": len(runs), "votes": len(runs) >= MIN_SEEDS and not smoke,
+                "scale": runs[0]["scale"] + (" (smoke)" if smoke else ""), "recipe": tuple(recipes)[0],
+                "run_ids": sorted(r["run_id"] for r in runs)}
+        for m, *_ in METRICS:
+            vals = [r[m] for r in runs if r.get(m) is not None]
+            cell[m] = _mean_std(vals) if vals else None
+        out[key] = cell
+    return out
+
+
+def decoy_table(agg: Mapping[tuple, dict], caption: str = "") -> Table:
+    """One row per (dataset, model, cell) in ``DECOY_CELLS`` order: the metrics, seeds, scale (chapter 8)."""
+    order = {name: i for i, name in enumerate(DECOY_CELLS)}
+    rows = [[ds, model, name, *(fmt(c[m], digits, scale) for m, _, scale, digits in METRICS), c["n"],
+             c["scale"] + ("" if c["votes"] else ", not voted")]
+            for (ds, model, name), c in sorted(agg.items(), key=lambda kv: (kv[0][:2], order[kv[0][2]]))]
+    return Table(["dataset", "model", "cell", *(t for _, t, _, _ in METRICS), "seeds", "scale"], rows, caption)
+
+
+def spurious_verdict(agg: Mapping[tuple, dict], objective: str = "ce+proto+batchcam") -> dict:
+    """``{"version": "v2", "claim", "test", "verdict", "evidence"}`` for "suppresses spurious features"
+    (chapter 8): the rule of this module's docstring, over every voting (dataset, model)."""
+    results, evidence = [], []
+    for (ds, model) in sorted({k[:2] for k in agg}):
+        ce, c = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
+        if not (ce and c):
+            continue
+        mass = beats(c["decoy_relevance_mass"], ce["decoy_relevance_mass"], "lower")
+        acc = beats(c["accuracy"], ce["accuracy"], "higher")
+        line = (f"{ds}/{model}: relevance mass {fmt(c['decoy_relevance_mass'], 1, 100)} % vs ce "
+                f"{fmt(ce['decoy_relevance_mass'], 1, 100)} %; decoyed-test accuracy "
+                f"{fmt(c['accuracy'], 1, 100)} % vs ce {fmt(ce['accuracy'], 1, 100)} %")
+        if ce["votes"] and c["votes"] and ce["recipe"] == c["recipe"]:
+            results.append(bool(mass) and bool(acc))
+            evidence.append(line)
+        else:
+            evidence.append(f"{line} (shown, not counted: ce {ce['n']}, {objective} {c['n']} seed(s))")
+    return {"version": "v2", "claim": "suppresses spurious features",
+            "test": f"{objective} (decoy prototypes) beats ce on Decoy-MNIST relevance mass (lower) and "
+                    "decoyed-test accuracy (higher), chapter 8",
+            "verdict": verdict(results, "no Decoy-MNIST cell with ≥ 3 seeds at a non-smoke scale"),
+            "evidence": evidence}
+
