@@ -99,7 +99,8 @@ def fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) ->
 
 def _budget(cell: Mapping) -> str:
     k = lambda n: "all" if not n else f"{n / 1000:g}k"  # noqa: E731
-    return f"{cell['epochs']} ep · {k(cell['n_train'])} / {k(cell.get('n_test'))} img · {cell['image_size']} px"
+    lr = f" · lr {cell['lr']:g}" if cell.get("lr") and cell.get("epochs") else ""
+    return f"{cell['epochs']} ep · {k(cell['n_train'])} / {k(cell.get('n_test'))} img · {cell['image_size']} px{lr}"
 
 
 def _sorted(agg: Mapping[tuple, dict]) -> list:
