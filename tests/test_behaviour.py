@@ -57,6 +57,5 @@ def test_the_committed_probe_of_this_code_is_what_this_code_computes():
     stored = entries[key]
     if stored.get("versions", {}).get("torch") != torch.__version__:
         pytest.skip(f"probe recorded with torch {stored.get('versions')}, this is {torch.__version__}")
-    fresh = probe(["simplecnn"])
+    fresh = probe(["simplecnn"])  # within REL_TOL: another CPU may round the last bits differently
     assert same_behaviour(stored, fresh, "simplecnn")
-    assert fresh["simplecnn"] == stored["simplecnn"]  # one thread, same libraries: exactly equal
