@@ -5,11 +5,14 @@ now names a random class), on the clean test set, the *relevance mass* (share of
 Grad-CAM map inside the patch), *follows patch* (share of decoyed test images predicted as the
 class the patch's grey names; 10 % by chance) and dead maps, as mean ± std over seeds.
 
-The verdict on v2's "suppresses spurious features" uses chapter 6's rule: a (dataset, model)
-votes when ``ce`` and the loss objective both have ≥ 3 seeds at a non-smoke scale and the same
-recipe; the objective (with prototypes from the decoyed training images, all that a user who does
-not know the shortcut has) must beat ``ce`` on relevance mass (lower) *and* on decoyed-test
-accuracy (higher), each by more than the larger seed standard deviation.
+The *shortcut cost* of a run is its clean-test accuracy minus its decoyed-test accuracy: what
+the lying patch takes away. The verdict on v2's "suppresses spurious features" uses chapter 6's
+rule: a (dataset, model) votes when ``ce`` and the loss objective both have ≥ 3 seeds at a
+non-smoke scale and the same recipe; the objective (with prototypes from the decoyed training
+images, all that a user who does not know the shortcut has) must beat ``ce`` on relevance mass
+(lower) *and* on shortcut cost (lower), each by more than the larger seed standard deviation.
+The cost, not the decoyed-test accuracy itself, so that an objective that is simply more
+accurate everywhere does not pass for one that ignores the patch.
 """
 
 from __future__ import annotations
@@ -26,13 +29,20 @@ __all__ = ["METRICS", "decoy_aggregate", "decoy_table", "spurious_verdict"]
 
 #: (row key, column title, scale, digits) of the decoy table.
 METRICS = (("accuracy", "decoyed test acc. (%)", 100, 1), ("decoy_clean_accuracy", "clean test acc. (%)", 100, 1),
-           ("decoy_relevance_mass", "relevance mass (%)", 100, 1),
+           ("shortcut_cost", "shortcut cost (points)", 100, 1), ("decoy_relevance_mass", "relevance mass (%)", 100, 1),
            ("decoy_follows_patch", "follows patch (%)", 100, 1), ("dead_fraction", "dead maps (%)", 100, 1))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     n, mean = len(values), sum(values) / len(values)
     return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def _value(row: Mapping, metric: str) -> Optional[float]:
+    if metric == "shortcut_cost":  # clean minus decoyed test accuracy
+        clean, acc = row.get("decoy_clean_accuracy"), row.get("accuracy")
+        return None if clean is None or acc is None else clean - acc
+    return row.get(metric)
 
 
 def decoy_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]:
@@ -52,7 +62,7 @@ def decoy_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]
                 "scale": runs[0]["scale"] + (" (smoke)" if smoke else ""), "recipe": tuple(recipes)[0],
                 "run_ids": sorted(r["run_id"] for r in runs)}
         for m, *_ in METRICS:
-            vals = [r[m] for r in runs if r.get(m) is not None]
+            vals = [v for v in (_value(r, m) for r in runs) if v is not None]
             cell[m] = _mean_std(vals) if vals else None
         out[key] = cell
     return out
@@ -76,18 +86,18 @@ def spurious_verdict(agg: Mapping[tuple, dict], objective: str = "ce+proto+batch
         if not (ce and c):
             continue
         mass = beats(c["decoy_relevance_mass"], ce["decoy_relevance_mass"], "lower")
-        acc = beats(c["accuracy"], ce["accuracy"], "higher")
-        line = (f"{ds}/{model}: relevance mass {fmt(c['decoy_relevance_mass'], 1, 100)} % vs ce "
-                f"{fmt(ce['decoy_relevance_mass'], 1, 100)} %; decoyed-test accuracy "
-                f"{fmt(c['accuracy'], 1, 100)} % vs ce {fmt(ce['accuracy'], 1, 100)} %")
+        cost = beats(c["shortcut_cost"], ce["shortcut_cost"], "lower")
+        line = (f"{ds}/{model}: relevance mass {fmt(c['decoy_relevance_mass'], 2, 100)} % vs ce "
+                f"{fmt(ce['decoy_relevance_mass'], 2, 100)} %; shortcut cost "
+                f"{fmt(c['shortcut_cost'], 2, 100)} vs ce {fmt(ce['shortcut_cost'], 2, 100)} points")
         if ce["votes"] and c["votes"] and ce["recipe"] == c["recipe"]:
-            results.append(bool(mass) and bool(acc))
+            results.append(bool(mass) and bool(cost))
             evidence.append(line)
         else:
             evidence.append(f"{line} (shown, not counted: ce {ce['n']}, {objective} {c['n']} seed(s))")
     return {"version": "v2", "claim": "suppresses spurious features",
-            "test": f"{objective} (decoy prototypes) beats ce on Decoy-MNIST relevance mass (lower) and "
-                    "decoyed-test accuracy (higher), chapter 8",
+            "test": f"{objective} (decoy prototypes) beats ce on Decoy-MNIST relevance mass and on "
+                    "shortcut cost (clean minus decoyed test accuracy), both lower; chapter 8",
             "verdict": verdict(results, "no Decoy-MNIST cell with ≥ 3 seeds at a non-smoke scale"),
             "evidence": evidence}
 

@@ -65,10 +65,12 @@ def test_objective_options_reach_the_maps_and_the_rrr_term():
 
 
 def test_options_added_later_keep_the_run_ids_of_older_records():
-    for path in sorted((REPO / "results" / "runs").glob("*simplecnn-ce+proto+batchcam-l1-s28-e2-seed0*.json"))[:3]:
+    older = 0
+    for path in sorted((REPO / "results" / "runs").glob("*simplecnn-ce+proto+batchcam-l1-s28-e2-seed0*.json")):
         record = json.loads(path.read_text())
-        assert not set(LATER_FIELDS) & set(record["config"])  # made before the options existed
+        older += not set(LATER_FIELDS) & set(record["config"])  # made before the options existed
         assert TrainConfig(**record["config"]).run_id == record["run_id"]
+    assert older
     base = TrainConfig(device="cpu", objective="ce")
     assert TrainConfig(device="cpu", objective="ce", decoy="test").run_id != base.run_id
 
@@ -153,14 +155,18 @@ def _decoy_rows(cell_fields, mass, acc, seeds=(0, 1, 2), dataset="mnist"):
     return rows
 
 
-def test_the_spurious_verdict_needs_lower_relevance_mass_and_higher_accuracy_in_every_voting_dataset():
+def test_the_spurious_verdict_needs_lower_relevance_mass_and_shortcut_cost_in_every_voting_dataset():
     from batchcam.spurious import decoy_aggregate, decoy_table, spurious_verdict
 
     ce, cpb = DECOY_CELLS["ce"], DECOY_CELLS["ce+proto+batchcam"]
     rows = _decoy_rows(ce, mass=0.40, acc=0.30) + _decoy_rows(cpb, mass=0.10, acc=0.80)
     agg = decoy_aggregate(rows)
     assert agg[("mnist", "simplecnn", "ce")]["decoy_relevance_mass"][0] == pytest.approx(0.401)
+    assert agg[("mnist", "simplecnn", "ce")]["shortcut_cost"][0] == pytest.approx(0.9 - 0.301)
     assert spurious_verdict(agg)["verdict"] == "supported"
+    # more accurate on decoyed images only because more accurate everywhere: not a suppression
+    everywhere = [dict(r, decoy_clean_accuracy=r["accuracy"] + 0.6) for r in _decoy_rows(cpb, 0.1, 0.8)]
+    assert spurious_verdict(decoy_aggregate(_decoy_rows(ce, 0.4, 0.3) + everywhere))["verdict"] == "not supported"
     worse = _decoy_rows(ce, 0.4, 0.3, dataset="fashion-mnist") + _decoy_rows(cpb, 0.1, 0.2, dataset="fashion-mnist")
     assert spurious_verdict(decoy_aggregate(rows + worse))["verdict"].startswith("mixed")
     few = _decoy_rows(ce, 0.4, 0.3, seeds=(0,)) + _decoy_rows(cpb, 0.1, 0.8, seeds=(0,))
