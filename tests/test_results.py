@@ -201,7 +201,8 @@ def _write_with(tmp_path, make_record, seed, **prov):
     return record["run_id"]
 
 
-def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, make_record):
+def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, make_record, monkeypatch):
+    monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))  # no behaviour probes: the code alone decides
     head = git("rev-parse", "HEAD")
     if head is None:
         pytest.skip("not a git checkout")
@@ -227,7 +228,8 @@ def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, mak
     assert "not in this repository" in stale[alien]["reason"]
 
 
-def test_code_fingerprints_decide_staleness_whatever_the_git_metadata(tmp_path, make_record):
+def test_code_fingerprints_decide_staleness_whatever_the_git_metadata(tmp_path, make_record, monkeypatch):
+    monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))  # no behaviour probes: the code alone decides
     if git("rev-parse", "HEAD") is None:
         pytest.skip("not a git checkout")
     head = code_hashes("HEAD")
