@@ -68,7 +68,7 @@ def _numbers(prefix: str, obj: Any, out: dict[str, float]) -> None:
     """Flatten nested dicts / lists of numbers into ``out`` ("a/b/0": value); times are skipped."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if not (str(k).endswith("time_s") or str(k).endswith("_s")):
+            if not str(k).endswith("_s"):  # seconds
                 _numbers(f"{prefix}/{k}", v, out)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .table import Table
 
-__all__ = ["beats", "fmt", "verdict", "aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
+__all__ = ["beats", "fmt", "verdict", "mean_std", "aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
            "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
 
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
@@ -38,7 +38,8 @@ NO_VOTES = "no cell with ≥ 3 seeds at a non-smoke scale"
 RECIPE = ("n_train", "n_test", "epochs", "image_size", "optimizer", "lr", "batch_size")
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1; 0 for one value) of seed values (chapter 6)."""
     n, mean = len(values), sum(values) / len(values)
     return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
@@ -62,6 +63,8 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
     from .grid import MODEL_DEFAULTS
     from .models import default_target_layer
     stale, cells = set(stale), defaultdict(lambda: defaultdict(list))
+    current = lambda r: all(r.get(k) == v for k, v in MODEL_DEFAULTS.get(r["model"], {}).items()  # noqa: E731
+                            if k not in ("epochs", "image_size"))  # the grid's recipe now
     for r in rows:
         paper = r.get("lambda_proto") == r.get("lambda_batchcam") == 1.0 and r.get("distance") == distance
         paper = paper and all(r.get(k, v) == v for k, v in LATER_FIELDS.items())
@@ -73,8 +76,6 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
         budgets = defaultdict(list)
         for r in scales[scale]:
             budgets[tuple(r.get(k) for k in RECIPE)].append(r)
-        current = lambda r: all(r.get(k) == v for k, v in MODEL_DEFAULTS.get(r["model"], {}).items()  # noqa: E731
-                                if k not in ("epochs", "image_size"))
         runs = max(budgets.values(), key=lambda rs: (len(rs) >= MIN_SEEDS, current(rs[0]), len(rs), rs[0]["epochs"]))
         r0 = runs[0]
         smoke = bool(r0["n_train"]) and r0["n_train"] < MIN_SUBSET
@@ -87,7 +88,7 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
                 "stale": sum(r["run_id"] in stale for r in runs)}
         for m in METRICS:
             vals = [r[m] for r in runs if r.get(m) is not None]
-            cell[m] = _mean_std(vals) if vals else None
+            cell[m] = mean_std(vals) if vals else None
         out[key] = cell
     return out
 

@@ -17,12 +17,11 @@ accurate everywhere does not pass for one that ignores the patch.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Iterable, Mapping, Optional
 
 from .grid import DECOY_CELLS, decoy_cell
-from .report import MIN_SEEDS, MIN_SUBSET, RECIPE, beats, fmt, verdict
+from .report import MIN_SEEDS, MIN_SUBSET, RECIPE, beats, fmt, mean_std, verdict
 from .table import Table
 
 __all__ = ["METRICS", "decoy_aggregate", "decoy_table", "spurious_verdict"]
@@ -31,11 +30,6 @@ __all__ = ["METRICS", "decoy_aggregate", "decoy_table", "spurious_verdict"]
 METRICS = (("accuracy", "decoyed test acc. (%)", 100, 1), ("decoy_clean_accuracy", "clean test acc. (%)", 100, 1),
            ("shortcut_cost", "shortcut cost (points)", 100, 1), ("decoy_relevance_mass", "relevance mass (%)", 100, 1),
            ("decoy_follows_patch", "follows patch (%)", 100, 1), ("dead_fraction", "dead maps (%)", 100, 1))
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n, mean = len(values), sum(values) / len(values)
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
 def _value(row: Mapping, metric: str) -> Optional[float]:
@@ -56,14 +50,14 @@ def decoy_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]
             cells[(r["dataset"], r["model"], name)][tuple(r.get(k) for k in RECIPE)].append(r)
     out = {}
     for key, recipes in cells.items():
-        runs = max(recipes.values(), key=len)
+        recipe, runs = max(recipes.items(), key=lambda kv: len(kv[1]))
         smoke = bool(runs[0]["n_train"]) and runs[0]["n_train"] < MIN_SUBSET
         cell = {"n": len(runs), "votes": len(runs) >= MIN_SEEDS and not smoke,
-                "scale": runs[0]["scale"] + (" (smoke)" if smoke else ""), "recipe": tuple(recipes)[0],
+                "scale": runs[0]["scale"] + (" (smoke)" if smoke else ""), "recipe": recipe,
                 "run_ids": sorted(r["run_id"] for r in runs)}
         for m, *_ in METRICS:
             vals = [v for v in (_value(r, m) for r in runs) if v is not None]
-            cell[m] = _mean_std(vals) if vals else None
+            cell[m] = mean_std(vals) if vals else None
         out[key] = cell
     return out
 
