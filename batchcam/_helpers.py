@@ -47,6 +47,21 @@ def bf16_autocast(device: torch.device, enabled: bool):
         else contextlib.nullcontext()
 
 
+def cudnn_autotune(device: torch.device):
+    """A context in which cuDNN autotunes its kernels on CUDA (restored on exit)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def context():
+        old = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = old or device.type == "cuda"
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = old
+    return context()
+
+
 def unknown_choice(kind: str, value: Any, valid: Iterable[str], hint: str = "") -> ValueError:
     """A ValueError naming the bad ``value``, close matches, and every valid choice."""
     valid = list(valid)

@@ -48,6 +48,7 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
     "simplecnn/decoy-oracle": ("simplecnn", dict(objective="ce", decoy="test", n_train=100, n_test=20)),
     "simplecnn/both-nosg-minmax": ("simplecnn", dict(objective="ce+proto+batchcam", stop_gradient=False,
                                                      cam_normalize="minmax")),
+    "simplecnn/proto-cemaps": ("simplecnn", dict(objective="ce+proto", prototype_source="ce-maps")),
 }
 DATA_PROBES = [(name, train) for name in ("mnist", "fashion-mnist") for train in (True, False)]
 
@@ -85,9 +86,9 @@ def _run_probe(name: str, model: str, fields: dict[str, Any], out_dir: str) -> d
 
     base = dict(model=model, seed=3, epochs=1, batch_size=20, device="cpu", out_dir=out_dir,
                 eval_cam_loop_samples=0, eval_faithfulness_samples=8)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if not set(fields) <= known:
-        return {}  # an older version without these options
+    known = {f.name: f.metadata.get("choices") for f in dataclasses.fields(TrainConfig)}
+    if not set(fields) <= set(known) or any(known[k] and v not in known[k] for k, v in fields.items()):
+        return {}  # an older version without these options or values
     config = TrainConfig(**{**base, **fields})
     data = None if "n_train" in fields else (_synthetic(40, 1), _synthetic(20, 2))
     run = fit(config, data=data, progress=False)
@@ -97,6 +98,8 @@ def _run_probe(name: str, model: str, fields: dict[str, Any], out_dir: str) -> d
     out[f"{name}/weights/sum"] = float(sum(p.sum() for p in params))
     out[f"{name}/weights/sumsq"] = float(sum(p.pow(2).sum() for p in params))
     out[f"{name}/prototypes/sum"] = float(run.prototypes.double().sum())
+    if getattr(run, "target_prototypes", None) is not None:
+        out[f"{name}/target_prototypes/sum"] = float(run.target_prototypes.double().sum())
     out[f"{name}/average_reconstruction/sum"] = float(torch.as_tensor(run.average_reconstruction).double().sum())
     return out
 

@@ -39,6 +39,7 @@ NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples")
 #: they stay out of the run id's hash, so older run ids (and their records) keep their names.
 LATER_FIELDS = {"decoy": "none", "prototype_source": "train", "lambda_rrr": 1.0, "stop_gradient": True,
                 "cam_normalize": "max"}
+PROTOTYPE_SOURCES = ("train", "clean", "ce-maps")  # chapter 7
 DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 7); "test": the clean oracle
 
 
@@ -75,8 +76,10 @@ class TrainConfig:
     eval_cam_loop_samples: int = _field(256, "test samples timed with the per-image loop (0: skip)")
     eval_faithfulness_samples: int = _field(500, "test samples scored by deletion/insertion AUC (0: skip)")
     decoy: str = _field("none", "Decoy-MNIST patches (chapter 7) in training and test, or in test only", DECOY)
-    prototype_source: str = _field("train", "prototypes from the training images ('train') or, with "
-                                   "--decoy train+test, from the clean ones ('clean')", ("train", "clean"))
+    prototype_source: str = _field("train", "the Prototype Loss's prototypes: class-mean training images "
+                                   "('train'), with --decoy train+test the clean ones ('clean'), or the "
+                                   "class-mean maps of the ce model of this seed ('ce-maps')",
+                                   PROTOTYPE_SOURCES)
     lambda_rrr: float = _field(1.0, "weight of the RRR-G penalty (objective ce+rrr)")
     stop_gradient: bool = _field(True, "stop the gradient through the Batch-CAM class means")
     cam_normalize: str = _field("max", "normalisation of the maps the losses train on", CAM_NORMALIZE)
@@ -109,6 +112,9 @@ class TrainConfig:
             raise ValueError("--objective ce+rrr penalises the decoy patch: it needs --decoy train+test")
         if self.prototype_source == "clean" and self.decoy != "train+test":
             raise ValueError("--prototype-source clean differs from 'train' only with --decoy train+test")
+        if self.prototype_source != "train" and "proto" not in self.objective:
+            raise ValueError(f"--prototype-source {self.prototype_source} changes only the Prototype Loss; "
+                             "use an objective with it (ce+proto, ce+proto+batchcam)")
         spec = MODEL_SPECS[self.model]
         size = self.image_size or spec.image_size
         least = max(spec.min_size, SSIM_MIN_SIZE)
@@ -200,7 +206,8 @@ class TrainConfig:
         if c.layer != MODEL_SPECS[c.model].target_layer:
             parts.append(f"L{c.layer}")
         later = {"decoy": {"train+test": "decoy", "test": "decoytest"}.get(c.decoy),
-                 "prototype_source": "pclean", "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
+                 "prototype_source": {"clean": "pclean", "ce-maps": "pcemaps"}.get(c.prototype_source),
+                 "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
                  "cam_normalize": c.cam_normalize}
         parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v]
         parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)

@@ -75,7 +75,9 @@ def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
 #: SimpleCNN's features to the third (same 14 × 14 grid, receptive field 12 px) — for ``ce`` only:
 #: a loss there would differentiate through block 4's BatchNorm in train mode, which mixes the
 #: samples of a batch, and batch Grad-CAM refuses that (``SampleMixingError``, chapter 3).
-#: Stop-gradient off and min-max maps change the training maps of the loss objective only.
+#: Stop-gradient off and min-max maps change the training maps of the loss objective only; the
+#: prototype source "ce-maps" replaces the class-mean images by the class-mean Grad-CAM maps of
+#: the trained ``ce`` model of the same seed (``train.map_prototypes``).
 ABLATIONS: dict[str, dict[str, Any]] = {
     **{f"λ={lam:g}": dict(lambda_proto=lam, lambda_batchcam=lam) for lam in (0.1, 0.3, 3.0, 10.0)},
     "distance=l2": dict(distance="l2"),
@@ -83,6 +85,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "layer=features.9": dict(layer="features.9"),
     "stop-gradient=off": dict(stop_gradient=False),
     "normalisation=minmax": dict(cam_normalize="minmax"),
+    "prototypes=ce maps": dict(prototype_source="ce-maps"),
 }
 #: The ablations keep the recipe of their first seed (lr 1e-3): the paper cells of that learning
 #: rate, recorded for three seeds, are their reference (``MODEL_DEFAULTS`` moved on to 2e-3).

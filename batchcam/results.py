@@ -216,7 +216,9 @@ def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
               "timings": run.timings, "scale": scale_label(run.runtime["device_type"],
                                                            bool(config.n_train or config.n_test)),
               "runtime": run.runtime, "provenance": provenance(run.runtime["device"])}
-    return record, {"average_reconstruction": run.average_reconstruction, "prototypes": run.prototypes}
+    tensors = {"average_reconstruction": run.average_reconstruction, "prototypes": run.prototypes}
+    return record, {**tensors, **({"target_prototypes": run.target_prototypes}
+                                  if getattr(run, "target_prototypes", None) is not None else {})}
 
 
 # --------------------------------------------------------------------------- benchmark records

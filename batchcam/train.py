@@ -9,10 +9,9 @@ record is ``batchcam.results``' job (``python -m batchcam train`` does both).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from ._helpers import atomic_torch_save, set_seed
+from ._helpers import atomic_torch_save, cudnn_autotune, set_seed
 from .config import NUM_CLASSES, TrainConfig
 from .data import TensorLoader, load_split
 from .decoy import load_decoy
@@ -31,7 +30,7 @@ from .models import create_model
 from .prototypes import class_prototypes
 
 __all__ = ["Run", "NonFiniteLossError", "train_one_epoch", "recalibrate_batchnorm", "fit", "load_data", "checkpoint_path",
-           "load_checkpoint"]
+           "load_checkpoint", "map_prototypes"]
 
 #: Fields that may differ between a checkpoint and the run resuming it.
 RESUMABLE_DIFFERENCES = {"device", "data_root", "out_dir", "eval_cam_loop_samples"}
@@ -52,6 +51,7 @@ class Run:
     evaluation: dict  # the last ``evaluate`` result (maps, baselines; tensors removed)
     prototypes: torch.Tensor  # [C, H, W] on CPU
     average_reconstruction: torch.Tensor  # [C, H, W] mean test map per class, on CPU
+    target_prototypes: Optional[torch.Tensor] = None  # [C, H, W] the loss's, if not ``prototypes``
     timings: dict = field(default_factory=dict)  # seconds: per epoch, Grad-CAM batch and loop
     runtime: dict = field(default_factory=dict)  # device, effective amp / channels_last, threads
 
@@ -175,16 +175,6 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return cls(params, lr=lr, weight_decay=wd)
 
 
-@contextlib.contextmanager
-def _cudnn_autotune(device: torch.device):
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = old or device.type == "cuda"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old
-
-
 def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))`` of a run (chapter 5). The training subset follows
     the run's seed; the test subset is always drawn with seed 0, so every run of a grid is
@@ -226,6 +216,10 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     source = decoy.clean_train if decoy and config.prototype_source == "clean" else (train_x, train_y)
     prototypes = ddp.from_main(lambda: class_prototypes(*source, NUM_CLASSES, size=config.image_size))
     prototypes = prototypes.to(device)
+    target = prototypes  # what the Prototype Loss pulls the maps towards; chapter 7 varies it
+    if config.prototype_source == "ce-maps":
+        target = ddp.from_main(lambda: map_prototypes(config, data, prototypes, ddp.world_size)).to(device)
+        set_seed(config.seed)  # the teacher's training used the generator: start as a 'train' run does
     model = ddp.sync_batchnorm(create_model(config.model, NUM_CLASSES, 1, config.image_size))
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     optimizer = _optimizer(config, model)
@@ -238,13 +232,13 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     objective = config.objective_spec()
     kw = dict(layer=config.layer, image_size=config.image_size, amp=amp)
     ev = None
-    with _cudnn_autotune(device):
+    with cudnn_autotune(device):
         for epoch in tqdm(range(start, config.epochs), desc=config.run_id, initial=start,
                           total=config.epochs, disable=not progress, unit="epoch"):
             loader.set_epoch(epoch)
             t0 = clock(device)
             train = train_one_epoch(net, objective, loader, optimizer, layer=ddp.layer(config.layer),
-                                    prototypes=prototypes, amp=amp, reduce=ddp.reduce, progress=progress,
+                                    prototypes=target, amp=amp, reduce=ddp.reduce, progress=progress,
                                     desc=f"epoch {epoch + 1}/{config.epochs}")
             recalibrate_batchnorm(model, loader, epoch)
             t1 = clock(device)
@@ -278,5 +272,29 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
                "world_size": ddp.world_size}
     average = ev.pop("average_reconstruction")
     return Run(config=config, model=model.eval(), history=history, evaluation=ev,
-               prototypes=prototypes.cpu(), average_reconstruction=average, timings=timings, runtime=runtime)
+               prototypes=prototypes.cpu(), average_reconstruction=average, timings=timings, runtime=runtime,
+               target_prototypes=None if target is prototypes else target.cpu())
+
+
+def map_prototypes(config: TrainConfig, data, prototypes: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """Prototype source ``ce-maps`` (chapter 7): the mean Grad-CAM map per class [C, S, S] (each
+    max 1) of the trained ``ce`` model with ``config``'s seed, data and recipe, on the training
+    images ``data[0]``; ``prototypes`` [C, S, S] only feed the meter. The teacher's checkpoint is
+    reused when complete, else ``fit`` trains (or finishes) it first, which writes it."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    teacher = replace(config, objective="ce", prototype_source="train",
+                      **{k: defaults[k] for k in ("distance", "lambda_proto", "lambda_batchcam", "lambda_rrr",
+                                                  "stop_gradient", "cam_normalize")})
+    ckpt = checkpoint_path(teacher)
+    done = ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] + 1 >= teacher.epochs
+    if not done:
+        if world_size > 1:
+            raise RuntimeError(f"--prototype-source ce-maps needs {ckpt}: train {teacher.run_id} first "
+                               "without torchrun, then start this run again")
+        fit(teacher, resume=True, progress=False, data=data)
+    model, _ = load_checkpoint(ckpt, prototypes.device)
+    (train_x, train_y), _ = data
+    maps = evaluate(model, train_x, train_y, prototypes, layer=teacher.resolved().layer,
+                    image_size=teacher.resolved().image_size, baselines=False)["average_reconstruction"]
+    return maps / maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
 

@@ -9,7 +9,7 @@ from batchcam.config import TrainConfig
 from batchcam.grid import ABLATIONS, GRIDS, ablation_grid, paper_grid, variant
 
 PAPER = {"lambda_proto": 1.0, "lambda_batchcam": 1.0, "distance": "l1", "layer": None, "stop_gradient": True,
-         "cam_normalize": "max"}
+         "cam_normalize": "max", "prototype_source": "train"}
 
 
 def test_the_paper_grid_has_every_cell_and_an_untrained_model_per_seed():
@@ -30,8 +30,9 @@ def test_each_ablation_changes_one_choice_of_the_paper_cell():
         assert changed == set(ABLATIONS[variant(c)]), (variant(c), changed)
         assert (c.model, c.epochs, c.lr) == ("simplecnn", 2, 1e-3)  # the recipe of the first seed
         assert (c.objective == "ce") == variant(c).startswith("layer=")
-    # 3 seeds x 2 datasets x (8 loss-weight, distance, stop-gradient and normalisation runs + ce's layer run)
-    assert len(configs) == 3 * 2 * 9 == len({c.run_id for c in configs})
+    # 3 seeds x 2 datasets x (9 loss-weight, distance, stop-gradient, normalisation and prototype runs
+    # + ce's layer run)
+    assert len(configs) == 3 * 2 * 10 == len({c.run_id for c in configs})
     assert [c.seed for c in configs] == sorted(c.seed for c in configs)
     paper_ids = {c.run_id for c in paper_grid()}
     assert not paper_ids & {c.run_id for c in configs}
@@ -52,8 +53,8 @@ def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
     assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
                      "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("grid ablations: 9 runs") and "lp0.1-lb0.1" in out and "Lfeatures.9" in out
-    assert "-nosg-" in out and "-minmax-" in out
+    assert out.startswith("grid ablations: 10 runs") and "lp0.1-lb0.1" in out and "Lfeatures.9" in out
+    assert "-nosg-" in out and "-minmax-" in out and "-pcemaps-" in out
 
 
 @pytest.mark.parametrize("objectives", [None, ["ce"]])
