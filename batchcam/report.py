@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from .table import Table
 
-__all__ = ["beats", "fmt", "verdict", "mean_std", "aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
+__all__ = ["beats", "fmt", "verdict", "mean_std", "seed_cell", "aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
            "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
 
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
@@ -77,20 +77,26 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
         for r in scales[scale]:
             budgets[tuple(r.get(k) for k in RECIPE)].append(r)
         runs = max(budgets.values(), key=lambda rs: (len(rs) >= MIN_SEEDS, current(rs[0]), len(rs), rs[0]["epochs"]))
-        r0 = runs[0]
-        smoke = bool(r0["n_train"]) and r0["n_train"] < MIN_SUBSET
-        cell = {"n": len(runs), "scale": scale + (" (smoke)" if smoke else ""),
-                "votes": len(runs) >= MIN_SEEDS and not smoke, "epochs": r0["epochs"],
-                "n_train": r0["n_train"], "n_test": r0.get("n_test"), "image_size": r0["image_size"],
-                "lr": r0.get("lr"), "batch_size": r0.get("batch_size"), "optimizer": r0.get("optimizer"),
-                "device": r0["device_name"] or r0["device"], "run_ids": sorted(r["run_id"] for r in runs),
-                "collapsed": sum(r["dead_fraction"] >= COLLAPSE for r in runs),
-                "stale": sum(r["run_id"] in stale for r in runs)}
-        for m in METRICS:
-            vals = [r[m] for r in runs if r.get(m) is not None]
-            cell[m] = mean_std(vals) if vals else None
+        r0, cell = runs[0], seed_cell(runs, METRICS)  # every run here has scale == r0["scale"]
+        cell.update({k: r0.get(k) for k in ("epochs", "n_train", "n_test", "image_size", "lr", "batch_size",
+                                            "optimizer")}, device=r0["device_name"] or r0["device"],
+                    collapsed=sum(r["dead_fraction"] >= COLLAPSE for r in runs),
+                    stale=sum(r["run_id"] in stale for r in runs))
         out[key] = cell
     return out
+
+
+def seed_cell(runs: Sequence[Mapping], metrics: Iterable[str],
+              value: Callable[[Mapping, str], Optional[float]] = lambda r, m: r.get(m)) -> dict:
+    """One cell from its seeds' rows (chapters 6–8): ``{"n", "votes", "scale", "run_ids", metric: (mean, std)
+    or None}``; ``value(row, metric)`` reads a metric. Votes: ≥ ``MIN_SEEDS`` seeds, ≥ ``MIN_SUBSET`` images."""
+    smoke = bool(runs[0]["n_train"]) and runs[0]["n_train"] < MIN_SUBSET
+    cell = {"n": len(runs), "votes": len(runs) >= MIN_SEEDS and not smoke,
+            "scale": runs[0]["scale"] + (" (smoke)" if smoke else ""), "run_ids": sorted(r["run_id"] for r in runs)}
+    for m in metrics:
+        vals = [v for v in (value(r, m) for r in runs) if v is not None]
+        cell[m] = mean_std(vals) if vals else None
+    return cell
 
 
 def fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Iterable, Mapping, Optional
 
 from .grid import DECOY_CELLS, decoy_cell
-from .report import MIN_SEEDS, MIN_SUBSET, RECIPE, beats, fmt, mean_std, verdict
+from .report import RECIPE, beats, fmt, seed_cell, verdict
 from .table import Table
 
 __all__ = ["METRICS", "decoy_aggregate", "decoy_table", "spurious_verdict"]
@@ -51,14 +51,7 @@ def decoy_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]
     out = {}
     for key, recipes in cells.items():
         recipe, runs = max(recipes.items(), key=lambda kv: len(kv[1]))
-        smoke = bool(runs[0]["n_train"]) and runs[0]["n_train"] < MIN_SUBSET
-        cell = {"n": len(runs), "votes": len(runs) >= MIN_SEEDS and not smoke,
-                "scale": runs[0]["scale"] + (" (smoke)" if smoke else ""), "recipe": recipe,
-                "run_ids": sorted(r["run_id"] for r in runs)}
-        for m, *_ in METRICS:
-            vals = [v for v in (_value(r, m) for r in runs) if v is not None]
-            cell[m] = mean_std(vals) if vals else None
-        out[key] = cell
+        out[key] = {**seed_cell(runs, [m for m, *_ in METRICS], _value), "recipe": recipe}
     return out
 
 
