@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import metrics
+
 __all__ = ["BASELINES", "MAP_BASELINES", "ROAD_PERCENTS", "gaussian_blur", "deletion_insertion",
            "noisy_linear_imputation", "road", "baseline_maps", "inference_model"]
 
@@ -243,10 +245,8 @@ def baseline_maps(kind: str, images: torch.Tensor, targets=None,
         xx = torch.arange(w, dtype=torch.float64)[None] - (w - 1) / 2
         g = torch.exp(-(yy ** 2 + xx ** 2) / (2 * s ** 2))
         return (g / g.max()).to(images.device, dtype).expand(n, h, w).clone()
-    if kind == "input":
-        m = images.to(dtype).mean(1)
-        hi = m.flatten(1).amax(1).view(-1, 1, 1)
-        return m / torch.where(hi > 0, hi, torch.full_like(hi, float("inf")))
+    if kind == "input":  # the reconstruction tables' input baseline, on the channel mean
+        return metrics.baseline_maps("input", images.to(dtype).mean(1))
     if kind == "prototype":
         if prototypes is None or targets is None:
             raise ValueError("kind='prototype' needs prototypes [K, H, W] and targets [N]")
