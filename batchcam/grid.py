@@ -114,6 +114,7 @@ def ablation_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DA
     command line and ignored.
     """
     models, objectives = models or ("simplecnn",), objectives or ("ce", "ce+proto+batchcam")
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # the CLI passes None: keep the recipe
     configs = []
     for name, fields in ABLATIONS.items():
         for objective in objectives:

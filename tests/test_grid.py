@@ -46,6 +46,19 @@ def test_ablations_are_valid_configurations_and_rows_name_their_variant():
     assert variant(dataclasses.asdict(TrainConfig())) == "paper"
 
 
+def test_the_command_line_keeps_the_ablation_recipe(tmp_path):
+    # the CLI passes every override it knows, None when not given: None must not wipe the recipe
+    import batchcam.cli as cli
+
+    configs = ablation_grid(**{name: None for name in cli.GRID_OVERRIDES})
+    assert {c.lr for c in configs} == {1e-3}
+    assert {c.lr for c in ablation_grid(lr=5e-4)} == {5e-4}  # a given override still wins
+    args = cli.build_parser().parse_args(["reproduce", "--grid", "ablations", "--seeds", "0",
+                                          "--out-dir", str(tmp_path)])
+    overrides = {name: getattr(args, name) for name in cli.GRID_OVERRIDES}
+    assert {c.lr for c in ablation_grid(seeds=[0], **overrides)} == {1e-3}
+
+
 def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
     import batchcam.cli as cli
 
