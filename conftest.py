@@ -65,7 +65,7 @@ def _fake_load_data(config):
     return _synthetic_split(config.n_train or 96, config.seed), _synthetic_split(config.n_test or 48, 1000)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def synthetic():
     """``synthetic(n, seed)`` → (uint8 [n, 1, 28, 28], int64 [n]) with labels ``arange(n) % 10``."""
     return _synthetic_split

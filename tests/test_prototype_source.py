@@ -11,20 +11,10 @@ from batchcam.results import record_from_run
 from batchcam.train import checkpoint_path, fit, load_checkpoint
 
 
-def _synthetic(n, seed):
-    """uint8 [n, 1, 28, 28]: noise plus a bright bar whose row depends on the label ``i % 10``."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 60, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
-    for i, y in enumerate(labels.tolist()):
-        images[i, 0, 3 + 2 * y: 5 + 2 * y, 5:23] = 240
-    return images, labels
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, synthetic):
     out = str(tmp_path_factory.mktemp("cemaps"))
-    data = (_synthetic(40, 1), _synthetic(20, 2))
+    data = (synthetic(40, 1), synthetic(20, 2))  # a bright square whose place is the class
     base = dict(model="simplecnn", objective="ce+proto", epochs=1, batch_size=20, device="cpu", seed=4,
                 out_dir=out, eval_cam_loop_samples=0, eval_faithfulness_samples=0)
     config = TrainConfig(**base, prototype_source="ce-maps")
