@@ -1,0 +1,36 @@
+"""The SHA-256 of a record's content, stored in the record itself (chapter 6, "records").
+
+A record (a run's JSON, a benchmark record) may carry ``record_sha256``: the SHA-256 of its
+canonical JSON without that field, so an edited number shows up when ``unpack`` checks an archive
+(:mod:`batchcam.archive`). Canonical: ``json.dumps(record_without_the_field, sort_keys=True,
+separators=(",", ":"), ensure_ascii=False).encode()`` (UTF-8). Standard library only, so every
+module, and a reader without torch, can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional
+
+__all__ = ["RECORD_HASH_FIELD", "canonical_bytes", "canonical_sha256", "record_hash_ok"]
+
+RECORD_HASH_FIELD = "record_sha256"
+
+
+def canonical_bytes(record: dict) -> bytes:
+    """The canonical JSON (UTF-8) of ``record`` without its ``record_sha256`` field (chapter 6)."""
+    body = {k: v for k, v in record.items() if k != RECORD_HASH_FIELD}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def canonical_sha256(record: dict) -> str:
+    """Hex SHA-256 of :func:`canonical_bytes`: the value of a record's ``record_sha256`` (chapter 6)."""
+    return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def record_hash_ok(record: dict) -> Optional[bool]:
+    """None when ``record`` has no ``record_sha256``; else whether it matches the content (chapter 6)."""
+    if RECORD_HASH_FIELD not in record:
+        return None
+    return record[RECORD_HASH_FIELD] == canonical_sha256(record)
