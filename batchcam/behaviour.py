@@ -49,6 +49,9 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
     "simplecnn/both-nosg-minmax": ("simplecnn", dict(objective="ce+proto+batchcam", stop_gradient=False,
                                                      cam_normalize="minmax")),
     "simplecnn/proto-cemaps": ("simplecnn", dict(objective="ce+proto", prototype_source="ce-maps")),
+    # chapter 6's verdict protocol: validation split, (seed, epoch) orders, two epochs
+    "simplecnn/verdict-protocol": ("simplecnn", dict(objective="ce+proto+batchcam", n_val=100, order="seed,epoch",
+                                                     epochs=2, n_train=100, n_test=20)),
 }
 DATA_PROBES = [(name, train) for name in ("mnist", "fashion-mnist") for train in (True, False)]
 

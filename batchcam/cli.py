@@ -155,7 +155,8 @@ def _run_train(args) -> int:
 
 def _add_reproduce(p):
     p.add_argument("--grid", choices=sorted(GRIDS), default="paper", help="which grid (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="(default: the grid's: 0 1 2; verdict: 0-9; tuning: 100)")
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     p.add_argument("--models", nargs="+", choices=list_models(), help="(default: the grid's; paper: all three)")
     p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=None,
@@ -186,9 +187,9 @@ def _run_reproduce(args) -> int:
 
 def _reproduce(args, submit=None) -> int:
     overrides = {name: getattr(args, name) for name in GRID_OVERRIDES}
-    configs = GRIDS[args.grid](seeds=args.seeds, datasets=args.datasets, models=args.models,
-                               objectives=args.objectives, random_baseline=args.random_baseline,
-                               **overrides)
+    seeds = {} if args.seeds is None else {"seeds": args.seeds}
+    configs = GRIDS[args.grid](datasets=args.datasets, models=args.models, objectives=args.objectives,
+                               random_baseline=args.random_baseline, **seeds, **overrides)
     for config in {(c.model, c.image_size, c.layer, c.out_dir): c for c in configs}.values():
         config.check_ready()
     todo = pending(configs)

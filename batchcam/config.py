@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ._helpers import resolve_device, unknown_choice
-from .data import DATASETS
+from .data import DATASETS, ORDERS
 from .losses import ALL_OBJECTIVES, CAM_NORMALIZE, DISTANCES, Objective
 from .cam import SampleMixingError, batch_gradcam_with_logits
 from .models import MODEL_SPECS, create_model, list_models
@@ -34,13 +34,16 @@ NUM_CLASSES = 10
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}  # both datasets
 SSIM_MIN_SIZE = 11  # the SSIM metric's Gaussian window: every run reports SSIM
 #: Fields that never change a run's numbers (paths, how long the per-image loop is timed).
-NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples")
+NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples", "selected_on")
 #: Fields added after the first records, with the value every older record had: at that value
 #: they stay out of the run id's hash, so older run ids (and their records) keep their names.
 LATER_FIELDS = {"decoy": "none", "prototype_source": "train", "lambda_rrr": 1.0, "stop_gradient": True,
-                "cam_normalize": "max"}
+                "cam_normalize": "max", "n_val": 0, "order": "seed+epoch", "cam_method": "gradcam"}
 PROTOTYPE_SOURCES = ("train", "clean", "ce-maps")  # chapter 7
 DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 7); "test": the clean oracle
+CAM_METHODS = ("gradcam",)  # the losses' CAM method; batchcam.methods adds the others
+#: Ceilings of the sizes a run accepts (larger values are typos, or need more than one machine has).
+MAX_IMAGE_SIZE, MAX_BATCH_SIZE, MAX_EPOCHS = 512, 4096, 1000
 
 
 def _field(default: Any, help: str, choices: Optional[Sequence[str]] = None) -> Any:
@@ -83,6 +86,13 @@ class TrainConfig:
     lambda_rrr: float = _field(1.0, "weight of the RRR-G penalty (objective ce+rrr)")
     stop_gradient: bool = _field(True, "stop the gradient through the Batch-CAM class means")
     cam_normalize: str = _field("max", "normalisation of the maps the losses train on", CAM_NORMALIZE)
+    n_val: int = _field(0, "validation images carved from the training split (fixed, stratified, the same for "
+                        "every seed): evaluated each epoch, the test set then read once at the end; 0: none")
+    order: str = _field("seed+epoch", "seeding of each epoch's data order: 'seed,epoch' gives independent "
+                        "replicates across seeds; 'seed+epoch' is the first records' rule", ORDERS)
+    cam_method: str = _field("gradcam", "CAM method of the maps the losses train on", CAM_METHODS)
+    selected_on: str = _field("", "how each choice of the recipe was made, e.g. 'lr=val;lambda=design' "
+                              "(provenance, not part of the run id)")
 
     # ------------------------------------------------------------------ validation (the edge)
 
@@ -101,6 +111,20 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value!r}")
+        for name, ceiling in (("image_size", MAX_IMAGE_SIZE), ("batch_size", MAX_BATCH_SIZE),
+                              ("epochs", MAX_EPOCHS)):
+            value = getattr(self, name)
+            if value is not None and value > ceiling:
+                raise ValueError(f"--{name.replace('_', '-')} {value} is above the ceiling {ceiling}; "
+                                 f"use at most {ceiling}")
+        if not isinstance(self.n_val, int) or not 0 <= self.n_val < SPLIT_SIZES["train"] or self.n_val % NUM_CLASSES:
+            raise ValueError(f"--n-val must be a multiple of {NUM_CLASSES} in 0..{SPLIT_SIZES['train'] - NUM_CLASSES} "
+                             f"(a stratified split), got {self.n_val!r}")
+        if self.n_val and self.n_train is not None and self.n_train + self.n_val > SPLIT_SIZES["train"]:
+            raise ValueError(f"--n-train {self.n_train} + --n-val {self.n_val} exceed the training split "
+                             f"({SPLIT_SIZES['train']} images); lower one of them")
+        if self.n_val and self.decoy != "none":
+            raise ValueError("--n-val is not implemented with --decoy yet; leave --n-val out for decoy runs")
         for name, split in (("n_train", "train"), ("n_test", "test")):
             value, total = getattr(self, name), SPLIT_SIZES[split]
             if value is not None and value > total:
@@ -180,6 +204,8 @@ class TrainConfig:
         cuda = c.device_type == "cuda"
         fields.update(device_type=c.device_type, amp=bool(c.amp) and cuda,
                       channels_last=cuda if c.channels_last is None else bool(c.channels_last))
+        if world_size() > 1:  # DDP on CPU does not give a single process's numbers (chapter 6)
+            fields["world_size"] = world_size()
         return fields
 
     @property
@@ -208,16 +234,28 @@ class TrainConfig:
         later = {"decoy": {"train+test": "decoy", "test": "decoytest"}.get(c.decoy),
                  "prototype_source": {"clean": "pclean", "ce-maps": "pcemaps"}.get(c.prototype_source),
                  "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
-                 "cam_normalize": c.cam_normalize}
+                 "cam_normalize": c.cam_normalize, "n_val": f"val{c.n_val}", "order": "ose",
+                 "cam_method": c.cam_method}
         parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v]
         parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)
+        parts += [f"ws{world_size()}"] * (world_size() > 1)
         return "-".join(parts + [c.device_type, self.config_hash])
 
     def objective_spec(self) -> Objective:
         """The :class:`~batchcam.losses.Objective` this config trains with."""
         return Objective.from_name(self.objective, self.distance, self.lambda_proto, self.lambda_batchcam,
                                    NUM_CLASSES, lambda_rrr=self.lambda_rrr, stop_gradient=self.stop_gradient,
-                                   normalize=self.cam_normalize)
+                                   normalize=self.cam_normalize, cam_method=self.cam_method)
+
+
+def world_size() -> int:
+    """Processes of this run: torchrun's ``WORLD_SIZE`` (with ``RANK`` set), else 1 (chapter 6)."""
+    if "RANK" not in os.environ:
+        return 1
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _check_writable(folder: Path) -> None:

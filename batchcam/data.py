@@ -28,6 +28,10 @@ from ._idx import DATASETS, FOLDERS, SHA256, ChecksumError, check_name, parse_id
 
 __all__ = [
     "DATASETS",
+    "VAL_SEED",
+    "ORDERS",
+    "epoch_seed",
+    "split_validation",
     "SHA256",
     "ChecksumError",
     "DataMissingError",
@@ -152,6 +156,54 @@ def load_split(name: str, train: bool, root: str | os.PathLike | None = None, n:
     return images[idx], labels[idx]
 
 
+#: Seed of the validation split: fixed, so every run of every seed holds out the same images.
+VAL_SEED = 20251001
+#: How a loader seeds each epoch's order: ``"seed+epoch"`` (the first records: seed s's epoch 1 has
+#: seed s+1's epoch 0 order) or ``"seed,epoch"`` (a ``numpy.random.SeedSequence`` of the pair).
+ORDERS = ("seed+epoch", "seed,epoch")
+
+
+def epoch_seed(seed: int, epoch: int, order: str = "seed+epoch") -> int:
+    """The seed of epoch ``epoch``'s shuffle for run seed ``seed`` (chapter 6).
+
+    ``"seed,epoch"`` hashes the pair with ``numpy.random.SeedSequence`` (the construction NumPy
+    recommends for independent streams), so no (seed, epoch) pair shares another's order and seeds
+    are independent replicates; ``"seed+epoch"`` is the rule the first records used.
+    """
+    if order == "seed+epoch":
+        return seed + epoch
+    if order == "seed,epoch":
+        import numpy as np
+
+        return int(np.random.SeedSequence((int(seed), int(epoch))).generate_state(1, np.uint64)[0])
+    raise ValueError(f"unknown order {order!r}; valid: {ORDERS}")
+
+
+def split_validation(labels: torch.Tensor, n_val: int, num_classes: int = 10,
+                     seed: int = VAL_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train [N − n_val], val [n_val])`` of a fixed, stratified validation split (chapter 6).
+
+    A permutation seeded with ``seed`` (default :data:`VAL_SEED`, never a run's seed) orders the
+    images; the validation split takes the first ``n_val / num_classes`` images of each class in that
+    order, so it is the same for every run and every class has the same share. ``train`` keeps the
+    remaining indices in their original order. ``labels``: int64 [N].
+    """
+    if n_val % num_classes:
+        raise ValueError(f"n_val must be a multiple of {num_classes} (a stratified split), got {n_val}")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    per_class = n_val // num_classes
+    val = []
+    for c in range(num_classes):
+        mine = perm[labels[perm] == c]
+        if len(mine) < per_class:
+            raise ValueError(f"class {c} has {len(mine)} images, fewer than the {per_class} asked for validation")
+        val.append(mine[:per_class])
+    val_idx = torch.cat(val) if val else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val_idx] = False
+    return keep.nonzero()[:, 0], val_idx
+
+
 class TensorLoader:
     """Batches from in-memory uint8 images. It stands in for a DataLoader on small datasets.
 
@@ -159,7 +211,7 @@ class TensorLoader:
     Each batch is sliced, scaled to [0, 1], and
     resized on the device if ``image_size`` asks for it (bilinear,
     ``align_corners=False``, no antialias). Shuffling uses a CPU ``torch.Generator``
-    seeded with ``seed + epoch``, so the order is the same on every device. Each
+    seeded with :func:`epoch_seed` ``(seed, epoch, order)``, so the order is the same on every device. Each
     iteration advances the epoch by one. Call ``set_epoch(e)`` to reproduce epoch
     ``e``, for example when resuming a run.
 
@@ -175,6 +227,7 @@ class TensorLoader:
         channels_last: return batches in ``torch.channels_last`` memory format.
         masks: optional bool ``[N, H, W]`` sliced with the images (chapter 7's decoy patches),
             resized to S × S by nearest neighbour.
+        order: how each epoch's shuffle is seeded (:data:`ORDERS`, :func:`epoch_seed`).
 
     Yields:
         ``(x, y)``: x float32 ``[B, 1, S, S]`` in [0, 1], y int64 ``[B]``; ``(x, y, m)`` with
@@ -183,7 +236,8 @@ class TensorLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
                  seed: int = 0, image_size: int | None = None, device: str | torch.device = "cpu",
-                 drop_last: bool = False, channels_last: bool = False, masks: torch.Tensor | None = None) -> None:
+                 drop_last: bool = False, channels_last: bool = False, masks: torch.Tensor | None = None,
+                 order: str = "seed+epoch") -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
@@ -198,7 +252,9 @@ class TensorLoader:
         self.masks = None if masks is None else masks.to(self.device, torch.bool)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.image_size, self.drop_last, self.channels_last = image_size, drop_last, channels_last
-        self.epoch = 0
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; valid: {ORDERS}")
+        self.order, self.epoch = order, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration use the order of ``epoch``."""
@@ -212,7 +268,8 @@ class TensorLoader:
         n = len(self.labels)
         order = None
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).to(self.device)
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, self.order))
+            order = torch.randperm(n, generator=gen).to(self.device)
         self.epoch += 1
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))

@@ -51,7 +51,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ._helpers import resolve_device
-from .data import TensorLoader
+from .data import TensorLoader, epoch_seed
 
 __all__ = ["Context", "ShardedLoader", "setup", "teardown", "launched_by_torchrun", "shard"]
 
@@ -101,7 +101,8 @@ class ShardedLoader(TensorLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         if self.shuffle:  # the permutation of TensorLoader.__iter__, on every rank
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch,
+                                                                                          self.order)))
         else:
             order = torch.arange(n)
         order = order.to(self.device)

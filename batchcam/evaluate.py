@@ -20,6 +20,8 @@ from .metrics import BASELINES, ReconstructionMeter, baseline_maps
 __all__ = ["evaluate", "time_gradcam", "faithfulness", "decoy_metrics", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 256
+EXTENDED = ("maps", "random")  # map kinds that also get blur deletion and ROAD
+NORMALISED = ("deletion", "insertion", "blur_deletion", "blur_insertion")
 
 
 def clock(device: torch.device) -> float:
@@ -121,13 +123,19 @@ def time_gradcam(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
 
 def faithfulness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, *,
                  layer: str, image_size: Optional[int] = None, n: int = 500, steps: int = 28,
-                 amp: bool = False) -> dict:
+                 amp: bool = False, extended: bool = True) -> dict:
     """Deletion and insertion AUC (zero baseline, ``steps`` steps) of the model's maps and of the
     reference maps (random, centred blob, input image, true-class prototype) on the first ``n``
     test images (chapter 7). images uint8 [N, 1, 28, 28]; prototypes [C, S, S].
 
-    Returns ``{"maps" | "random" | "blob" | "input" | "prototype": {"deletion", "insertion"},
-    "samples", "steps"}`` (means over the images; deletion: lower is better, insertion: higher).
+    With ``extended`` (chapter 7's evidence), ``"maps"`` and ``"random"`` also carry the blur-baseline
+    deletion / insertion AUC and ROAD (Rong et al. 2022: MoRF, LeRF, their combination, and the
+    per-percent curves; noisy linear imputation), and ``"normalised"`` holds each of the maps' AUCs
+    divided by the same model's random-order AUC (deletion: below 1 beats a random pixel order;
+    insertion: above 1 does), so models of different accuracy compare on one scale.
+
+    Returns ``{"maps" | "random" | "blob" | "input" | "prototype": {"deletion", "insertion", ...},
+    "normalised", "samples", "steps"}`` (means over the images; deletion: lower is better, insertion: higher).
     """
     from .faithfulness import MAP_BASELINES, baseline_maps, deletion_insertion
 
@@ -151,7 +159,27 @@ def faithfulness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, p
             with bf16_autocast(device, amp):
                 res = deletion_insertion(model, x, m, y, steps=steps)
             out[kind] = {"deletion": float(res["deletion"].mean()), "insertion": float(res["insertion"].mean())}
+        if extended:
+            for kind in EXTENDED:  # blur deletion and ROAD, for the maps and their random-order yardstick
+                out[kind].update(_blur_and_road(model, x, candidates[kind], y, steps=steps, amp=amp))
+            out["normalised"] = {k: out["maps"][k] / out["random"][k] for k in NORMALISED
+                                 if out["random"][k] > 0}
     return {**out, "samples": n, "steps": steps}
+
+
+def _blur_and_road(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, y: torch.Tensor, *, steps: int,
+                   amp: bool) -> dict:
+    """Blur-baseline deletion / insertion AUC and ROAD (MoRF, LeRF, combined; noise seeded with 0) of
+    ``maps`` [N, H, W] on images ``x`` [N, 1, H, W] (means over the images; ROAD per percent too)."""
+    from .faithfulness import ROAD_PERCENTS, deletion_insertion, road
+
+    with bf16_autocast(x.device, amp):
+        blur = deletion_insertion(model, x, maps, y, steps=steps, baseline="blur")
+        r = road(model, x, maps, y, generator=torch.Generator(device=x.device).manual_seed(0))
+    return {"blur_deletion": float(blur["deletion"].mean()), "blur_insertion": float(blur["insertion"].mean()),
+            "road_morf": float(r["morf"].mean()), "road_lerf": float(r["lerf"].mean()),
+            "road_combined": float(r["combined"].mean()), "road_percents": list(ROAD_PERCENTS),
+            "road_morf_curve": r["morf"].mean(0).tolist(), "road_lerf_curve": r["lerf"].mean(0).tolist()}
 
 
 def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[int] = None,

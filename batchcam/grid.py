@@ -21,7 +21,8 @@ from .losses import OBJECTIVES
 from .results import is_complete
 
 __all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "ABLATIONS", "ABLATION_RECIPE", "DECOY_CELLS", "GRIDS", "paper_grid",
-           "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant"]
+           "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant", "VERDICT_SEEDS", "VERDICT_PROTOCOL",
+           "SELECTED_ON", "LR_CANDIDATES", "TUNING_SEED", "tuning_grid", "select_lr", "verdict_grid"]
 
 GRID_MODELS = ("simplecnn", "resnet18", "convnextv2_tiny")
 
@@ -163,7 +164,72 @@ def decoy_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
     return sorted(configs, key=lambda c: (c.seed, c.dataset))
 
 
-GRIDS = {"paper": paper_grid, "ablations": ablation_grid, "decoy": decoy_grid}
+#: The verdict protocol (chapter 6, fixed before its runs): 10 seeds per SimpleCNN cell, a fixed
+#: validation split of 6 000 training images (600 per class) that every choice is made on, each
+#: epoch's order from (seed, epoch), the test set read once at the end of each run. Only the learning
+#: rate is tuned (on validation, ``tuning_grid``); λ, epochs, batch size and layer keep their design values.
+VERDICT_SEEDS = tuple(range(10))
+VERDICT_PROTOCOL: dict[str, Any] = dict(n_val=6000, order="seed,epoch", eval_faithfulness_samples=200)
+SELECTED_ON = "lr=val;lambda=design;epochs=design;batch_size=design;layer=design;distance=design"
+#: The learning rates tried, with ``ce`` and one seed kept apart from the verdict seeds (seed 100).
+LR_CANDIDATES = (1e-3, 2e-3, 4e-3)
+TUNING_SEED = 100
+
+
+def tuning_grid(seeds: Sequence[int] = (TUNING_SEED,), datasets: Sequence[str] = DATASETS,
+                models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
+                random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
+    """The learning-rate choice on the validation split (chapter 6): ``ce`` of SimpleCNN at each of
+    :data:`LR_CANDIDATES`, seed 100, the verdict protocol; no faithfulness or loop timing (not used).
+    :func:`select_lr` reads the result. ``random_baseline`` is accepted and ignored."""
+    overrides = {k: v for k, v in overrides.items() if v is not None and k != "lr"}
+    fields = {**VERDICT_PROTOCOL, "eval_faithfulness_samples": 0, "eval_cam_loop_samples": 0,
+              "selected_on": "design", **overrides}
+    configs = []
+    for lr in LR_CANDIDATES:
+        configs += paper_grid(seeds, datasets, models or ("simplecnn",), objectives or ("ce",),
+                              random_baseline=False, **{**fields, "lr": lr})
+    return sorted(configs, key=lambda c: (c.seed, c.dataset, c.lr))
+
+
+def select_lr(dataset: str, root: Optional[str | Path] = None, **overrides: Any) -> tuple[float, dict]:
+    """The learning rate of the verdict grid for ``dataset``: the candidate whose tuning run has the
+    highest validation accuracy after its last epoch (ties: the smaller rate), and
+    ``{lr: validation accuracy}`` (chapter 6). Raises ValueError when a tuning run is missing."""
+    from .results import load_record
+
+    scores = {}
+    for config in tuning_grid(datasets=[dataset], **overrides):
+        path = Path(root if root is not None else Path(config.out_dir) / "runs") / f"{config.run_id}.json"
+        if not is_complete(config.run_id, path.parent):
+            raise ValueError(f"the learning rate is chosen on validation runs that are not recorded yet "
+                             f"({config.run_id}); run: python -m batchcam reproduce --grid tuning")
+        scores[config.lr] = load_record(path)["history"][-1]["val_accuracy"]
+    best = max(sorted(scores), key=lambda lr: scores[lr])  # max keeps the first (smallest) of equals
+    return best, scores
+
+
+def verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[str] = DATASETS,
+                 models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
+                 random_baseline: bool = True, **overrides: Any) -> list[TrainConfig]:
+    """The SimpleCNN cells whose verdicts the book states (chapter 6): the four objectives × 10 seeds
+    at the verdict protocol and the learning rate :func:`select_lr` chose on validation; the untrained
+    model (``epochs=0``) for seeds 0-2 with ``random_baseline``. Ordered seed → dataset → objective,
+    so a grid cut short has whole seeds."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    configs = []
+    for dataset in datasets:
+        lr = overrides.pop("lr", None) or select_lr(dataset, **{k: v for k, v in overrides.items()
+                                                                 if k in ("out_dir", "epochs", "batch_size")})[0]
+        fields = {**VERDICT_PROTOCOL, "selected_on": SELECTED_ON, **overrides, "lr": lr}
+        for seed in seeds:
+            configs += paper_grid([seed], [dataset], models or ("simplecnn",), objectives,
+                                  random_baseline=random_baseline and seed < 3, **fields)
+    return sorted(configs, key=lambda c: (c.seed, c.dataset))
+
+
+GRIDS = {"paper": paper_grid, "ablations": ablation_grid, "decoy": decoy_grid, "tuning": tuning_grid,
+         "verdict": verdict_grid}
 
 
 def pending(configs: Iterable[TrainConfig], root: Optional[str | Path] = None) -> list[TrainConfig]:

@@ -141,11 +141,12 @@ class Objective:
     num_classes: int = 10
     stop_gradient: bool = True
     normalize: str = "max"
+    cam_method: str = "gradcam"  # the CAM method of the training maps (chapter 7's method rows)
 
     @classmethod
     def from_name(cls, name: str, distance: str = "l1", lambda_proto: float = 1.0,
                   lambda_batchcam: float = 1.0, num_classes: int = 10, *, lambda_rrr: float = 1.0,
-                  stop_gradient: bool = True, normalize: str = "max") -> "Objective":
+                  stop_gradient: bool = True, normalize: str = "max", cam_method: str = "gradcam") -> "Objective":
         """``Objective.from_name("ce+proto+batchcam", "ssim", 1.0, 0.3)``; names in ``ALL_OBJECTIVES``."""
         if name not in ALL_OBJECTIVES:
             raise unknown_choice("objective", name, ALL_OBJECTIVES)
@@ -155,7 +156,8 @@ class Objective:
             raise unknown_choice("normalize", normalize, CAM_NORMALIZE)
         lam = {"proto": lambda_proto, "batchcam": lambda_batchcam, "rrr": lambda_rrr}
         terms = name.split("+")[1:]
-        return cls(tuple((t, float(lam[t])) for t in terms), distance, num_classes, stop_gradient, normalize)
+        return cls(tuple((t, float(lam[t])) for t in terms), distance, num_classes, stop_gradient, normalize,
+                   cam_method)
 
     @property
     def name(self) -> str:
@@ -193,8 +195,9 @@ def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: t
     """
     with bf16_autocast(x.device, amp):
         if objective.needs_cam:
+            method = {} if objective.cam_method == "gradcam" else {"method": objective.cam_method}
             cam, logits = batch_gradcam_with_logits(model, x, layer, y, create_graph=True,
-                                                    normalize=objective.normalize)
+                                                    normalize=objective.normalize, **method)
         else:
             cam, logits = None, model(x)
     logits = logits.float()

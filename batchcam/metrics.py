@@ -30,6 +30,20 @@ def _ssim_torchmetrics(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                                                reduction="none")
 
 
+def _ssim_valid(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM [B] of [B, H, W] maps over *valid* windows only: torchmetrics' SSIM map with its
+    5-pixel reflect-padded border cropped, so every averaged window lies inside the image (the convention
+    of scikit-image's ``structural_similarity`` and of Wang et al.'s reference code). The whole-image
+    convention (:func:`_ssim_torchmetrics`) also averages the border windows, which read mirrored pixels;
+    on dark, mostly-empty maps the two rank a blank map and a trained map differently (chapter 4)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    _, full = structural_similarity_index_measure(a[:, None], b[:, None].to(a.dtype), data_range=1.0,
+                                                  reduction="none", return_full_image=True)
+    pad = (11 - 1) // 2  # torchmetrics' Gaussian window: 11 px for σ = 1.5
+    return full[:, 0, pad:-pad, pad:-pad].flatten(1).mean(1)
+
+
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample Pearson correlation [B] of [B, H, W] maps; 0 where one of them is constant."""
     a, b = a.flatten(1), b.flatten(1)
@@ -57,7 +71,7 @@ class ReconstructionMeter:
     mean map per class [C, H, W] (the paper's Figures 2–7). ``prototypes``: [C, H, W].
     """
 
-    KEYS = ("l1", "l2", "ssim", "dead", "corr_image", "corr_prototype", "sq")
+    KEYS = ("l1", "l2", "ssim", "ssim_valid", "dead", "corr_image", "corr_prototype", "sq")
 
     def __init__(self, prototypes: torch.Tensor) -> None:
         self.prototypes = prototypes
@@ -72,6 +86,7 @@ class ReconstructionMeter:
         r = maps.float()
         p = self.prototypes.to(r)[targets]
         values = {"l1": distance(r, p, "l1"), "l2": distance(r, p, "l2"), "ssim": _ssim_torchmetrics(r, p),
+                  "ssim_valid": _ssim_valid(r, p),
                   "dead": dead.to(r.dtype), "corr_image": _pearson(r, images.to(r)),
                   "corr_prototype": _pearson(r, p), "sq": r.pow(2).flatten(1).mean(1)}
         t = targets.cpu()
@@ -81,7 +96,7 @@ class ReconstructionMeter:
         self.map_sum.index_add_(0, t, r.double().cpu())
 
     def compute(self) -> dict:
-        """``{"l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
+        """``{"l1", "l2", "ssim", "ssim_valid", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
         "per_class": {same keys: [C] lists, "n": [C]}}``; dispersion is the mean squared distance
         of a map to its class's mean map."""
         n = self.count.sum().item()
@@ -91,11 +106,11 @@ class ReconstructionMeter:
         mean_map = self.map_sum / k.view(-1, 1, 1)
         dispersion = (self.sums["sq"] / k - mean_map.pow(2).flatten(1).mean(1)).clamp_min(0)
         per_class = {name: (self.sums[name] / k).tolist()
-                     for name in ("l1", "l2", "ssim", "corr_image", "corr_prototype")}
+                     for name in ("l1", "l2", "ssim", "ssim_valid", "corr_image", "corr_prototype")}
         per_class.update(dead_fraction=(self.sums["dead"] / k).tolist(), dispersion=dispersion.tolist(),
                          n=[int(c) for c in self.count.tolist()])
         out = {name: self.sums[name].sum().item() / n
-               for name in ("l1", "l2", "ssim", "corr_image", "corr_prototype")}
+               for name in ("l1", "l2", "ssim", "ssim_valid", "corr_image", "corr_prototype")}
         out.update(dead_fraction=self.sums["dead"].sum().item() / n,
                    dispersion=(dispersion * self.count).sum().item() / n, per_class=per_class)
         return out

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ._helpers import atomic_write_bytes, atomic_write_json
+from .digest import RECORD_HASH_FIELD, canonical_sha256, record_hash_ok
 from .behaviour import code_key, same_behaviour
 from .provenance import REPO, RESULT_FILES, code_hashes, git, provenance
 
@@ -93,28 +95,106 @@ def _for_storage(t: torch.Tensor) -> torch.Tensor:
 
 def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[PathLike] = None, *,
               force: bool = False) -> Path:
-    """Write ``<root>/<run_id>.tensors.pt`` (``tensors``: [C, H, W] each), then ``<root>/<run_id>.json``, each
-    atomically; the JSON holds the tensors' SHA-256, so the pair is one unit (chapter 6). ``root`` defaults to
-    ``results_root()``.
+    """Publish a run record: ``<root>/<run_id>.<sha12>.tensors.pt`` (``tensors``: [C, H, W] each), then
+    ``<root>/<run_id>.json``, which names the tensors file with its SHA-256 and carries ``record_sha256``,
+    the SHA-256 of its own canonical JSON (chapter 6). ``root`` defaults to ``results_root()``.
 
-    Raises :class:`RecordExistsError` if a record with this id exists and ``force`` is False, and
-    ValueError if the record is malformed or holds a non-finite number.
+    The JSON is the one switch that publishes a record: it is written to a temporary file, fsynced,
+    then hard-linked to its name (``os.link`` fails if the name exists, so of two concurrent writers
+    exactly one wins and the other gets :class:`RecordExistsError`). The tensors file is named by its
+    content, so no writer ever overwrites another's. With ``force`` the new JSON replaces the old one in
+    one ``os.replace`` after everything else is on disk: a writer killed before that leaves the old
+    record intact. An incomplete record (invalid JSON, no ``final``, a hash that does not match) is
+    pending: it is replaced without ``force``.
+
+    Raises :class:`RecordExistsError` if a complete record with this id exists and ``force`` is False,
+    and ValueError if the record is malformed or holds a non-finite number.
     """
     root = Path(root) if root is not None else results_root("runs")
-    path = root / f"{record['run_id']}.json"
-    if path.exists() and not force:
+    run_id = record["run_id"]
+    path = root / f"{run_id}.json"
+    if not force and is_complete(run_id, root):
         raise RecordExistsError(f"record {path} already exists; pass --force (force=True) to replace it, "
                                 "or write elsewhere with --out-dir")
     buf = io.BytesIO()
     torch.save({k: _for_storage(v) for k, v in tensors.items()}, buf)
     data = buf.getvalue()
-    record = {**record, "tensors": {"file": f"{record['run_id']}.tensors.pt", "keys": sorted(tensors),
-                                    "dtype": "float16", "sha256": hashlib.sha256(data).hexdigest(),
+    digest = hashlib.sha256(data).hexdigest()
+    record = {**record, "tensors": {"file": f"{run_id}.{digest[:12]}.tensors.pt", "keys": sorted(tensors),
+                                    "dtype": "float16", "sha256": digest,
                                     "stored_size": min(next(iter(tensors.values())).shape[-1],
                                                        MAX_STORED_SIZE)}}
+    record.pop(RECORD_HASH_FIELD, None)
+    record[RECORD_HASH_FIELD] = canonical_sha256(record)
     validate_record(record)
-    atomic_write_bytes(root / record["tensors"]["file"], data)
-    return atomic_write_json(path, record)
+    tensors_path = atomic_write_bytes(root / record["tensors"]["file"], data)
+    tmp = _fsynced_temp(root, f"{run_id}.json", (json.dumps(record, indent=1) + "\n").encode())
+    try:
+        _publish(tmp, path, run_id, root, force)
+    except RecordExistsError:
+        winner = _peek_tensors_file(path)
+        if winner != tensors_path.name:
+            tensors_path.unlink(missing_ok=True)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fsynced_temp(root: Path, name: str, data: bytes) -> Path:
+    """A temporary file beside ``name`` in ``root`` holding ``data``, fsynced."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    return Path(tmp)
+
+
+def _publish(tmp: Path, path: Path, run_id: str, root: Path, force: bool) -> None:
+    """Put ``tmp`` at ``path``: replace with ``force``; else move an incomplete record aside and link,
+    which fails when another writer got there first."""
+    old = _peek_tensors_file(path)
+    if force:
+        os.replace(tmp, path)
+    else:
+        if path.exists() and not is_complete(run_id, root):
+            try:  # only one of two writers can rename the same incomplete record
+                os.rename(path, root / f".{run_id}.json.incomplete-{os.getpid()}")
+            except FileNotFoundError:
+                pass
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise RecordExistsError(f"record {path} was written by another process meanwhile; "
+                                    "keep that one, or pass --force to replace it") from None
+    _fsync_dir(root)
+    if old and old != _peek_tensors_file(path):  # the replaced record's tensors
+        (root / old).unlink(missing_ok=True)
+
+
+def _fsync_dir(root: Path) -> None:
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _peek_tensors_file(path: Path) -> Optional[str]:
+    """The tensors file a record JSON names (a plain file name), or None."""
+    try:
+        name = json.loads(path.read_text())["tensors"]["file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and Path(name).name == name else None
 
 
 def validate_record(record: Any) -> dict:
@@ -127,6 +207,9 @@ def validate_record(record: Any) -> dict:
     if record["schema_version"] != SCHEMA_VERSION:
         raise ValueError(f"run record {record['run_id']!r} has schema_version {record['schema_version']}, "
                          f"expected {SCHEMA_VERSION}")
+    if record_hash_ok(record) is False:
+        raise ValueError(f"run record {record['run_id']!r}: its content does not match its record_sha256 "
+                         "(edited or corrupted); restore it with git, or re-make the run")
     missing = [k for k in FINAL_KEYS if k not in record["final"]]
     if missing:
         raise ValueError(f"run record {record['run_id']!r}: 'final' lacks {missing}")
@@ -143,8 +226,16 @@ def _strict_json(text: str) -> Any:
 
 
 def load_record(path: PathLike) -> dict:
-    """Read and validate one run record (NaN / Infinity tokens are refused); chapter 6."""
-    return validate_record(_strict_json(Path(path).read_text()))
+    """Read and validate one run record (NaN / Infinity tokens are refused; its ``record_sha256`` must be
+    there and match its content); chapter 6. ValueError names the file."""
+    record = _strict_json(Path(path).read_text())
+    if isinstance(record, dict) and RECORD_HASH_FIELD not in record:
+        raise ValueError(f"{path}: no record_sha256 (a record from before records hashed themselves); "
+                         "add it with scripts/migrate_records.py")
+    try:
+        return validate_record(record)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
@@ -152,8 +243,11 @@ def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
     root = Path(root) if root is not None else results_root("runs")
     try:
         record = load_record(root / f"{run_id}.json")
-        data = (root / record["tensors"]["file"]).read_bytes()
-    except (OSError, ValueError, KeyError):
+        name = record["tensors"]["file"]
+        if record["run_id"] != run_id or not isinstance(name, str) or Path(name).name != name:
+            return False
+        data = (root / name).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
         return False
     return hashlib.sha256(data).hexdigest() == record["tensors"]["sha256"]
 
@@ -191,10 +285,19 @@ def load_runs(root: Optional[PathLike] = None) -> list[dict]:
 
 
 def load_tensors(run_id: str, root: Optional[PathLike] = None) -> dict[str, torch.Tensor]:
-    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` of a run, as float32 (chapter 6)."""
+    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` of a run, as float32 (chapter 6).
+
+    The file is the one the record names, checked against the record's SHA-256 before it is read:
+    ValueError names the file that fails."""
     root = Path(root) if root is not None else results_root("runs")
-    data = torch.load(root / f"{run_id}.tensors.pt", map_location="cpu", weights_only=True)
-    return {k: v.float() for k, v in data.items()}
+    record = load_record(root / f"{run_id}.json")
+    path = root / record["tensors"]["file"]
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record["tensors"]["sha256"]:
+        raise ValueError(f"{path}: tensors do not match the SHA-256 in {run_id}.json; restore the pair with git "
+                         "or re-make the run")
+    tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return {k: v.float() for k, v in tensors.items()}
 
 
 def scale_label(device_type: str, subset: bool) -> str:
@@ -234,7 +337,8 @@ def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
     if path.exists() and not force:
         raise RecordExistsError(f"benchmark record {path} already exists; pass --force to replace it")
     _finite({k: v for k, v in record.items() if k != "provenance"}, "bench record")
-    return atomic_write_json(path, record)
+    record = {k: v for k, v in record.items() if k != RECORD_HASH_FIELD}
+    return atomic_write_json(path, {**record, RECORD_HASH_FIELD: canonical_sha256(record)})
 
 
 def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> Optional[dict]:

@@ -22,15 +22,15 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._helpers import atomic_torch_save, cudnn_autotune, set_seed
 from .config import NUM_CLASSES, TrainConfig
-from .data import TensorLoader, load_split
+from .data import TensorLoader, load_split, split_validation
 from .decoy import load_decoy
 from .evaluate import clock, decoy_metrics, evaluate, faithfulness, time_gradcam
 from .losses import Objective, Reduce, objective_loss
 from .models import create_model
 from .prototypes import class_prototypes
 
-__all__ = ["Run", "NonFiniteLossError", "train_one_epoch", "recalibrate_batchnorm", "fit", "load_data", "checkpoint_path",
-           "load_checkpoint", "map_prototypes"]
+__all__ = ["Run", "NonFiniteLossError", "train_one_epoch", "recalibrate_batchnorm", "fit", "load_data",
+           "load_validation", "checkpoint_path", "load_checkpoint", "map_prototypes"]
 
 #: Fields that may differ between a checkpoint and the run resuming it.
 RESUMABLE_DIFFERENCES = {"device", "data_root", "out_dir", "eval_cam_loop_samples"}
@@ -178,10 +178,29 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))`` of a run (chapter 5). The training subset follows
     the run's seed; the test subset is always drawn with seed 0, so every run of a grid is
-    evaluated on the same images."""
-    train = load_split(config.dataset, True, root=config.data_root, n=config.n_train, seed=config.seed)
+    evaluated on the same images. With ``n_val`` the training images exclude the validation split
+    (:func:`load_validation`); the subset is then drawn from what remains."""
+    if config.n_val:
+        x, y = load_split(config.dataset, True, root=config.data_root)
+        keep, _ = split_validation(y, config.n_val, NUM_CLASSES)
+        if config.n_train:
+            keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(config.seed))[:config.n_train]]
+        train = x[keep], y[keep]
+    else:
+        train = load_split(config.dataset, True, root=config.data_root, n=config.n_train, seed=config.seed)
     test = load_split(config.dataset, False, root=config.data_root, n=config.n_test, seed=0)
     return train, test
+
+
+def load_validation(config: TrainConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation split (uint8 [n_val, 1, 28, 28], int64 [n_val]) carved from the training split by
+    :func:`batchcam.data.split_validation` (fixed, stratified, the same for every seed), or None
+    without ``n_val`` (chapter 6: choices are made on it, the test set is read once)."""
+    if not config.n_val:
+        return None
+    x, y = load_split(config.dataset, True, root=config.data_root)
+    _, val = split_validation(y, config.n_val, NUM_CLASSES)
+    return x[val], y[val]
 
 
 def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, data=None) -> Optional[Run]:
@@ -213,6 +232,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     if data is None:
         data = (decoy.train, decoy.test) if decoy else load_data(config)
     (train_x, train_y), (test_x, test_y) = data
+    val = load_validation(config)  # per-epoch evaluation; None: the test set (the first records' protocol)
     source = decoy.clean_train if decoy and config.prototype_source == "clean" else (train_x, train_y)
     prototypes = ddp.from_main(lambda: class_prototypes(*source, NUM_CLASSES, size=config.image_size))
     prototypes = prototypes.to(device)
@@ -228,6 +248,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     loader = ddp.loader(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed,
                         image_size=config.image_size, device=device, channels_last=channels_last,
                         drop_last=ddp.drop_last(len(train_y), config.batch_size),  # BatchNorm needs B ≥ 2
+                        order=config.order,
                         **({"masks": decoy.train_masks} if config.objective == "ce+rrr" else {}))
     objective = config.objective_spec()
     kw = dict(layer=config.layer, image_size=config.image_size, amp=amp)
@@ -245,10 +266,12 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
             if not ddp.is_main:  # DDP: rank 0 evaluates and checkpoints while the others wait
                 ddp.barrier()
                 continue
-            ev = evaluate(model, test_x, test_y, prototypes, baselines=False, progress=progress, **kw)
+            split, (ex, ey) = ("val", val) if val is not None else ("test", (test_x, test_y))
+            ev = evaluate(model, ex, ey, prototypes, baselines=False, progress=progress, **kw)
             history.append({"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
-                            "test_accuracy": ev["accuracy"], "test_l1": ev["maps"]["l1"],
-                            "test_ssim": ev["maps"]["ssim"], "test_dead_fraction": ev["maps"]["dead_fraction"],
+                            f"{split}_accuracy": ev["accuracy"], f"{split}_l1": ev["maps"]["l1"],
+                            f"{split}_ssim": ev["maps"]["ssim"],
+                            f"{split}_dead_fraction": ev["maps"]["dead_fraction"],
                             "train_time_s": t1 - t0, "eval_time_s": clock(device) - t1})
             _save_checkpoint(ckpt, config, model, optimizer, epoch, history)
             ddp.barrier()

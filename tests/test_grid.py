@@ -62,7 +62,7 @@ def test_the_command_line_keeps_the_ablation_recipe(tmp_path):
 def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
     import batchcam.cli as cli
 
-    assert set(GRIDS) == {"paper", "ablations", "decoy"}
+    assert set(GRIDS) == {"paper", "ablations", "decoy", "tuning", "verdict"}
     assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
                      "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -81,28 +81,56 @@ def test_validate_record_names_the_problem(make_record, mutate, match):
         R.validate_record(record)
 
 
+def _tensors_path(root, run_id):
+    return Path(root) / json.loads((Path(root) / f"{run_id}.json").read_text())["tensors"]["file"]
+
+
 def test_tampered_tensors_make_the_record_incomplete(tmp_path, make_record):
     record, tensors = make_record()
     R.write_run(record, tensors, tmp_path)
-    t = tmp_path / f"{record['run_id']}.tensors.pt"
+    t = _tensors_path(tmp_path, record["run_id"])
     data = bytearray(t.read_bytes())
     data[-10] ^= 0xFF
     t.write_bytes(bytes(data))
     assert not R.is_complete(record["run_id"], tmp_path)
+    with pytest.raises(ValueError, match=r"tensors do not match the SHA-256"):
+        R.load_tensors(record["run_id"], tmp_path)  # the loader checks the hash and names the file
     with pytest.warns(UserWarning, match="skipping"):
         assert R.load_runs(tmp_path) == []
     t.unlink()
     assert not R.is_complete(record["run_id"], tmp_path)
 
 
+def test_a_tampered_number_is_refused_and_named(tmp_path, make_record):
+    record, tensors = make_record()
+    path = R.write_run(record, tensors, tmp_path)
+    stored = json.loads(path.read_text())
+    stored["final"]["accuracy"] = 0.99  # an accidental edit
+    path.write_text(json.dumps(stored, indent=1))
+    with pytest.raises(ValueError, match=r"does not match its record_sha256") as err:
+        R.load_record(path)
+    assert str(path) in str(err.value)
+    assert not R.is_complete(record["run_id"], tmp_path)
+
+
+def test_a_record_without_its_hash_is_refused(tmp_path, make_record):
+    record, tensors = make_record()
+    path = R.write_run(record, tensors, tmp_path)
+    stored = json.loads(path.read_text())
+    del stored["record_sha256"]
+    path.write_text(json.dumps(stored, indent=1))
+    with pytest.raises(ValueError, match="migrate_records"):
+        R.load_record(path)
+
+
 # --------------------------------------------------------------------------- a write that fails half-way
 
 
 def _fail_json_write(monkeypatch):
-    def fail(path, obj):
+    def fail(root, name, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R, "atomic_write_json", fail)
+    monkeypatch.setattr(R, "_fsynced_temp", fail)
 
 
 def test_a_json_write_that_fails_after_the_tensors_leaves_no_record(tmp_path, make_record, monkeypatch):
@@ -110,23 +138,113 @@ def test_a_json_write_that_fails_after_the_tensors_leaves_no_record(tmp_path, ma
     _fail_json_write(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         R.write_run(record, tensors, tmp_path)
-    assert (tmp_path / f"{record['run_id']}.tensors.pt").is_file()  # the tensors were written first
+    assert list(tmp_path.glob("*.tensors.pt"))  # the tensors were written first, under their own name
+    assert not (tmp_path / f"{record['run_id']}.json").exists()
     assert not R.is_complete(record["run_id"], tmp_path)
     assert R.load_runs(tmp_path) == []
     assert not tmp_files(tmp_path)
 
 
-def test_a_failed_forced_rewrite_leaves_an_incomplete_pair_that_load_runs_skips(tmp_path, make_record, monkeypatch):
+def test_a_failed_forced_rewrite_leaves_the_old_record(tmp_path, make_record, monkeypatch):
     record, tensors = make_record()
     R.write_run(record, tensors, tmp_path)
     new, new_tensors = make_record(final={"accuracy": 0.1}, seed_maps=5)
     _fail_json_write(monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         R.write_run(new, new_tensors, tmp_path, force=True)
-    # old JSON, new tensors: the SHA-256 no longer matches, so the pair is not a record
-    assert not R.is_complete(record["run_id"], tmp_path)
-    with pytest.warns(UserWarning, match="skipping"):
-        assert R.load_runs(tmp_path) == []
+    assert R.is_complete(record["run_id"], tmp_path)  # the old record is intact
+    (row,) = R.load_runs(tmp_path)
+    assert row["accuracy"] == 0.9
+
+
+def test_a_forced_rewrite_replaces_the_pair_and_drops_the_old_tensors(tmp_path, make_record):
+    record, tensors = make_record()
+    R.write_run(record, tensors, tmp_path)
+    old = _tensors_path(tmp_path, record["run_id"])
+    new, new_tensors = make_record(final={"accuracy": 0.1}, seed_maps=5)
+    R.write_run(new, new_tensors, tmp_path, force=True)
+    (row,) = R.load_runs(tmp_path)
+    assert row["accuracy"] == 0.1 and not old.exists()
+    assert len(list(tmp_path.glob("*.tensors.pt"))) == 1
+
+
+def test_an_incomplete_record_is_pending_and_replaced_without_force(tmp_path, make_record):
+    from batchcam.grid import pending
+
+    record, tensors = make_record()
+    path = R.write_run(record, tensors, tmp_path)
+    stored = json.loads(path.read_text())
+    del stored["final"]  # a record cut short
+    path.write_text(json.dumps(stored))
+    config = TrainConfig(**stored["config"])
+    assert [c.run_id for c in pending([config], tmp_path)] == [record["run_id"]]
+    R.write_run(record, tensors, tmp_path)  # no force needed
+    assert R.is_complete(record["run_id"], tmp_path) and pending([config], tmp_path) == []
+
+
+_KILL_DURING_FORCE = """
+import os, signal, sys
+import batchcam.results as R
+real = R._publish
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 just before the swap
+R._publish = killed
+"""
+
+
+def test_kill_9_during_force_leaves_the_old_record(tmp_path, make_record):
+    import pickle
+    import subprocess
+    import sys
+
+    record, tensors = make_record()
+    R.write_run(record, tensors, tmp_path)
+    new, new_tensors = make_record(final={"accuracy": 0.1}, seed_maps=5)
+    (tmp_path / "new.pkl").write_bytes(pickle.dumps((new, new_tensors)))
+    code = _KILL_DURING_FORCE + (f"new, t = __import__('pickle').loads(open({str(tmp_path / 'new.pkl')!r}, 'rb').read())\n"
+                                 f"R.write_run(new, t, {str(tmp_path)!r}, force=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO)
+    assert proc.returncode == -9
+    assert R.is_complete(record["run_id"], tmp_path)
+    (row,) = R.load_runs(tmp_path)
+    assert row["accuracy"] == 0.9
+
+
+_WRITER = """
+import pickle, sys, time
+import batchcam.results as R
+record, tensors = pickle.loads(open(sys.argv[1], 'rb').read())
+while time.time() < float(sys.argv[3]):
+    pass
+try:
+    R.write_run(record, tensors, sys.argv[2])
+    print("won")
+except R.RecordExistsError as exc:
+    print("lost:", exc)
+"""
+
+
+def test_two_concurrent_writers_leave_exactly_one_record(tmp_path, make_record):
+    import pickle
+    import subprocess
+    import sys
+    import time
+
+    record, tensors = make_record()
+    out = tmp_path / "runs"
+    outs = []
+    for i in range(2):  # different content, same run id
+        rec, t = make_record(final={"accuracy": 0.5 + i / 10}, seed_maps=i)
+        (tmp_path / f"{i}.pkl").write_bytes(pickle.dumps((rec, t)))
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / f"{i}.pkl"), str(out), str(start)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert sorted(o.split(":")[0].strip() for o in outs) == ["lost", "won"], outs
+    (row,) = R.load_runs(out)
+    winner = [i for i, o in enumerate(outs) if o.startswith("won")][0]
+    assert row["accuracy"] == 0.5 + winner / 10
+    assert len(list(out.glob("*.tensors.pt"))) == 1 and not tmp_files(out)
 
 
 # --------------------------------------------------------------------------- non-finite numbers
@@ -261,7 +379,10 @@ def test_bench_records_never_overwrite_and_quick_ones_are_not_the_latest(tmp_pat
 
     record = {"kind": "bench", "summary": {"maps_equal": True}, "wall_s": 1.0}
     path = R.write_bench_record(record, device_type="cpu", root=tmp_path)
-    assert path.name.startswith("bench-cpu-") and R.latest_bench("cpu", tmp_path) == record
+    latest = R.latest_bench("cpu", tmp_path)
+    assert path.name.startswith("bench-cpu-") and {k: v for k, v in latest.items() if k != "record_sha256"} == record
+    from batchcam.digest import record_hash_ok
+    assert record_hash_ok(latest)
     stamp = datetime.datetime.strptime(path.stem.split("-")[2], "%Y%m%dT%H%M%SZ")
 
     class SameSecond(datetime.datetime):
