@@ -301,7 +301,7 @@ def test_evaluate_restores_the_mode_and_time_gradcam_scales(TinyNet, synthetic):
     protos = T.class_prototypes(images, labels, 10)
     out = T.evaluate(model, images, labels, protos, layer="features", batch_size=8)
     assert model.training
-    assert {"l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
+    assert {"l1", "l2", "ssim", "ssim_valid", "dead_fraction", "dispersion", "corr_image", "corr_prototype",
             "per_class"} == set(out["maps"])
     timing = T.time_gradcam(model.eval(), images, labels, layer="features", n_loop=5, batch_size=4)
     assert not model.training
