@@ -29,13 +29,35 @@ def set_seed(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def device_choices() -> str:
+    """The devices this project can use here, for messages: ``'auto', 'cpu'`` and the CUDA devices."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = (", 'cuda', " + (f"'cuda:0' … 'cuda:{n - 1}'" if n > 1 else "'cuda:0'")) if n else ""
+    return f"'auto', 'cpu'{cuda}"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"`` → CUDA if available, else CPU; anything else is passed to ``torch.device``."""
+    """``None`` or ``"auto"`` → CUDA if available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
+
+    Any other device (``mps``, ``meta``, ``xla``, a CUDA index that is not here, a typo) raises a
+    ValueError naming the valid choices: this project trains and explains on CPU and CUDA only.
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}; valid choices here: {device_choices()}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu' or "
+                             "'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA devices; "
+                             f"valid choices here: {device_choices()}")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {str(device)!r} cannot be used by this project (CPU and CUDA only); "
+                         f"valid choices here: {device_choices()}")
     return dev
 
 

@@ -7,7 +7,7 @@ recognised by the second: :func:`probe` trains and evaluates each registered mod
 on seeded synthetic images (every objective, the three distances, another λ and Grad-CAM
 layer, the untrained model) and loads seeded subsets of the real data, on one CPU thread, and
 returns named numbers. ``results/behaviour.json`` keeps the probe of each code version (keyed by
-:func:`code_key`); ``results.stale_records`` accepts a record whose model's probe numbers equal
+:func:`code_key`); ``staleness.stale_records`` accepts a record whose model's probe numbers equal
 HEAD's within ``REL_TOL``. ``scripts/fingerprint.py`` probes the working tree or any commit.
 
 This file also runs against older versions of the package (``python batchcam/behaviour.py`` with

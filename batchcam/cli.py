@@ -32,7 +32,8 @@ from ._idx import ChecksumError
 from .grid import GRIDS, pending
 from .losses import OBJECTIVES
 from .models import list_models
-from .results import RecordExistsError, load_runs, record_from_run, results_root, stale_records, write_run
+from .results import RecordExistsError, load_runs, record_from_run, results_root, write_run
+from .staleness import stale_records
 from .train import NonFiniteLossError, checkpoint_path, fit
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130

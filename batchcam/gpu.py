@@ -4,8 +4,8 @@ yourself"; the README gives the commands).
 
 ``python -m batchcam gpu-run --budget-s 500 --out OUT`` (``--device cpu`` runs the same code
 path on a CPU, as the tests do) and ``python -m batchcam unpack OUT/records.tar.gz`` to verify
-and add the records to ``results/``. The archive is rewritten after each finished run, so a
-session cut short still brings back what it finished.
+and add the records to ``results/`` (:mod:`batchcam.archive`, re-exported here). The archive is
+rewritten after each finished run, so a session cut short still brings back what it finished.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import dataclasses
 import io
 import json
 import platform
-import shutil
 import subprocess
 import tarfile
 import time
@@ -23,11 +22,12 @@ from pathlib import Path
 import torch
 
 from ._helpers import resolve_device
+from .archive import MAX_TOTAL_BYTES, add_unpack_arguments, run_unpack, unpack
 from .config import NUM_CLASSES, TrainConfig
 from .grid import GRID_MODELS, paper_grid, pending
 from .losses import OBJECTIVES, objective_loss
 from .models import create_model, default_target_layer
-from .results import RecordExistsError, is_complete, load_record, record_from_run, results_root, stale_records, write_run
+from .results import is_complete, record_from_run, results_root, write_run
 from .train import fit, load_data
 
 __all__ = ["add_arguments", "run", "smoke_test", "unpack", "add_unpack_arguments", "run_unpack"]
@@ -92,7 +92,7 @@ def smoke_test(device: torch.device, models=GRID_MODELS) -> dict:
         model.train()
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         protos = torch.rand(NUM_CLASSES, size, size, device=device)
-        for i, objective in enumerate(OBJECTIVES):
+        for objective in OBJECTIVES:
             spec = TrainConfig(model=name, objective=objective, device=str(device)).objective_spec()
             for step in range(2):  # the second step runs with sync debugging on
                 strict = cuda and step == 1
@@ -122,6 +122,8 @@ def _pack(paths: list[Path], out: Path) -> Path:
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for p in paths:
             tar.add(p, arcname=f"{p.parent.name}/{p.name}")
+    if sum(p.stat().st_size for p in paths) > MAX_TOTAL_BYTES:  # what unpack accepts, uncompressed
+        raise RuntimeError(f"records would be over {MAX_TOTAL_BYTES / 2**20:.0f} MiB uncompressed")
     if buf.tell() > MAX_ARCHIVE_BYTES:
         raise RuntimeError(f"archive would be {buf.tell() / 2**20:.1f} MiB > 16 MiB")
     tmp = out / f".{ARCHIVE}.tmp"
@@ -236,65 +238,10 @@ def run(args) -> int:
         run_ = fit(config, progress=False, data=data_cache[key])
         record, tensors = record_from_run(run_)
         path = write_run(record, tensors, work / "runs")
-        new += [path, path.with_name(f"{path.stem}.tensors.pt")]  # write_run names the pair so
+        new += [path, path.parent / json.loads(path.read_text())["tensors"]["file"]]  # the pair, as named
         measured[(config.model, config.objective == "ce", config.epochs)] = time.perf_counter() - t0
         _log(f"{config.run_id}: acc {record['final']['accuracy']:.4f}, dead "
              f"{record['final']['dead_fraction']:.1%}, {time.perf_counter() - t0:.0f} s (est. {estimate:.0f})")
         _pack(new, out)
     _log(f"done: {len([p for p in new if p.suffix == '.json'])} new records, {left():.0f} s left")
-    return 0
-
-
-def unpack(archive: Path, dest: Path, force: bool = False) -> list[str]:
-    """Verify and extract a ``records.tar.gz`` into ``dest`` (``results/``; chapter 6): only ``runs/`` and
-    ``bench/`` JSON and tensors files; each run record must be complete (tensors match). Nothing is
-    added unless every record verifies and, without ``force``, no file would be replaced."""
-    staging = dest / ".unpack"
-    try:
-        with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
-            bad = [m.name for m in members if m.name.split("/")[0] not in ("runs", "bench") or ".." in m.name]
-            if bad:
-                raise ValueError(f"{archive}: unexpected entries {bad}")
-            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(staging, members=members, **kw)
-        for m in members:
-            src = staging / m.name
-            if m.name.startswith("runs/") and m.name.endswith(".json"):
-                load_record(src)
-                if not is_complete(src.stem, src.parent):
-                    raise ValueError(f"{m.name}: tensors do not match the record")
-        existing = [str(dest / m.name) for m in members if (dest / m.name).exists()]
-        if existing and not force:
-            raise RecordExistsError(f"{existing[0]} exists ({len(existing)} file(s) would be replaced); "
-                                    "pass --force to replace them")
-        for m in members:
-            (dest / m.name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / m.name).replace(dest / m.name)
-        return [m.name for m in members]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def add_unpack_arguments(p) -> None:
-    """The ``unpack`` flags on the argparse parser ``p`` (chapter 6)."""
-    p.add_argument("archive", help="records.tar.gz from gpu-run")
-    p.add_argument("--dest", default=None, help="results folder (default: the committed results/)")
-    p.add_argument("--force", action="store_true", help="replace existing files")
-
-
-def run_unpack(args) -> int:
-    """``python -m batchcam unpack ARCHIVE``: :func:`unpack` into ``results/`` and print the count (chapter 6)."""
-    dest = Path(args.dest) if args.dest else results_root("runs").parent
-    if not Path(args.archive).is_file():
-        raise ValueError(f"{args.archive}: no such file")
-    try:
-        added = unpack(Path(args.archive), dest, args.force)
-    except tarfile.TarError as exc:
-        raise ValueError(f"{args.archive} is not a readable tar.gz archive ({str(exc).splitlines()[0]})") from None
-    print(f"added {len(added)} files to {dest}")
-    stale = {s["run_id"]: s["reason"] for s in stale_records(dest / "runs")}
-    for name in (n for n in added if n.startswith("runs/") and n.endswith(".json")):
-        if Path(name).stem in stale:  # the record stays; list-runs --stale and chapter 6 flag it
-            print(f"warning: {name}: {stale[Path(name).stem]} (not HEAD's code)")
     return 0

@@ -26,14 +26,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from . import config as config_module, distributed
+from . import config as config_module
+from . import distributed
 from .config import TrainConfig
 from .results import RecordExistsError, is_complete, record_from_run, write_run
 
@@ -41,6 +44,8 @@ __all__ = ["CLUSTERS", "TrainJob", "SubmititOptions", "assume_cuda", "submit_run
            "options_from_args"]
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
+#: The largest ``--mem-gb`` accepted: more than any node has; a larger value is a typo (MB for GB).
+MAX_MEM_GB = 4096
 #: Slurm states of a job that may still write its record (UNKNOWN, e.g. purged from sacct, is not one).
 ALIVE_SLURM = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                "REQUEUE_HOLD", "REQUEUE_FED"}
@@ -110,12 +115,17 @@ class SubmititOptions:
 
 
 def resolve_cluster(cluster: str) -> str:
-    """``auto`` → what submitit detects here (``slurm`` where ``sbatch`` exists, else ``local``)."""
-    if cluster != "auto":
-        return cluster
-    import submitit
+    """``auto`` → what submitit detects here (``slurm`` where Slurm's ``srun`` exists, else ``local``);
+    ``slurm`` where ``sbatch`` is not on ``PATH`` raises a ValueError naming the fix (chapter 6)."""
+    if cluster == "auto":
+        import submitit
 
-    return submitit.AutoExecutor.which()
+        cluster = submitit.AutoExecutor.which()
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ValueError("--submitit-cluster slurm needs Slurm, but sbatch is not on PATH here: run on the "
+                         "cluster's login node (or add Slurm's bin folder to PATH), or use --submitit-cluster "
+                         "local to run the jobs on this machine")
+    return cluster
 
 
 @contextlib.contextmanager
@@ -267,18 +277,22 @@ def add_arguments(p) -> None:
                    help="GPUs per run; >1 trains each run with DDP, one process per GPU (with --device cpu: "
                         "that many CPU processes, no GPU); 0: CPU jobs (default: %(default)s)")
     g.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per task")
-    g.add_argument("--mem-gb", type=float, default=None, help="memory per node in GB")
+    g.add_argument("--mem-gb", type=float, default=None, help=f"memory per node in GB (> 0, ≤ {MAX_MEM_GB})")
     g.add_argument("--wait", action="store_true", help="wait for the jobs and report their records")
 
 
 def options_from_args(args) -> SubmititOptions:
-    """The :class:`SubmititOptions` of parsed ``reproduce`` arguments (positive integers checked; chapter 6)."""
+    """The :class:`SubmititOptions` of parsed ``reproduce`` arguments (positive integers and ``--mem-gb``
+    checked; chapter 6)."""
     for name in ("timeout_min", "array_parallelism", "cpus_per_task"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
     if args.gpus_per_run < 0:
         raise ValueError(f"--gpus-per-run must be ≥ 0, got {args.gpus_per_run}")
+    if args.mem_gb is not None and not (math.isfinite(args.mem_gb) and 0 < args.mem_gb <= MAX_MEM_GB):
+        raise ValueError(f"--mem-gb must be a number of GB > 0 and ≤ {MAX_MEM_GB}, got {args.mem_gb:g}; "
+                         "e.g. --mem-gb 32 (or leave it out: the cluster's default)")
     return SubmititOptions(cluster=args.submitit_cluster, folder=args.submitit_folder,
                            slurm_partition=args.slurm_partition, slurm_account=args.slurm_account,
                            timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,

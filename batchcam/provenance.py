@@ -20,14 +20,69 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["provenance", "git", "RESULT_FILES", "code_tree", "code_hashes"]
+__all__ = ["provenance", "git", "RESULT_FILES", "LEGACY_RESULT_FILES", "ENTRY_POINTS", "import_closure", "code_tree",
+           "code_hashes"]
 
 REPO = Path(__file__).resolve().parent.parent
-#: Files whose changes can change a run's numbers (``results.stale_records`` looks at these).
-RESULT_FILES = ("batchcam/cam.py", "batchcam/_capture.py", "batchcam/losses.py", "batchcam/_ssim.py",
-                "batchcam/models.py", "batchcam/data.py", "batchcam/_idx.py", "batchcam/prototypes.py",
-                "batchcam/train.py", "batchcam/evaluate.py", "batchcam/config.py", "batchcam/metrics.py",
-                "batchcam/faithfulness.py", "batchcam/decoy.py")
+#: The entry points of a run's numbers: training and evaluation (``fit`` calls ``evaluate``).
+ENTRY_POINTS = ("batchcam/train.py", "batchcam/evaluate.py")
+#: The hand-written list the records made before the import closure were fingerprinted with; the
+#: behaviour probes of those code versions are keyed by it (``batchcam.staleness``).
+LEGACY_RESULT_FILES = ("batchcam/cam.py", "batchcam/_capture.py", "batchcam/losses.py", "batchcam/_ssim.py",
+                       "batchcam/models.py", "batchcam/data.py", "batchcam/_idx.py", "batchcam/prototypes.py",
+                       "batchcam/train.py", "batchcam/evaluate.py", "batchcam/config.py", "batchcam/metrics.py",
+                       "batchcam/faithfulness.py", "batchcam/decoy.py")
+
+
+def _module_file(module: str, root: Path) -> Optional[str]:
+    """``batchcam/x.py`` or ``batchcam/x/__init__.py`` for the dotted module ``batchcam.x`` (None if absent)."""
+    parts = module.split(".")
+    for rel in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+        if (root / rel).is_file():
+            return rel
+    return None
+
+
+def import_closure(entries: tuple[str, ...] = ENTRY_POINTS, root: Path = REPO) -> tuple[str, ...]:
+    """Every package file the ``entries`` import, directly or not, sorted (chapter 6, stale records).
+
+    An AST walk of each file, imports inside functions included (a lazy import still runs); relative
+    imports and ``batchcam.*`` are followed, ``from . import x`` names the module ``x``; the package's
+    ``__init__.py`` is not (it only re-exports). What the walk finds is what can change a run's numbers.
+    """
+    seen: set[str] = set()
+    todo = list(entries)
+    while todo:
+        rel = todo.pop()
+        if rel in seen or not (root / rel).is_file():
+            continue
+        seen.add(rel)
+        package = rel[:-len("/__init__.py")] if rel.endswith("/__init__.py") else rel.rsplit("/", 1)[0]
+        tree = ast.parse((root / rel).read_text())
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("batchcam.")]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split("/")[:len(package.split("/")) - node.level + 1]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                elif node.module and node.module.startswith("batchcam"):
+                    mod = node.module
+                else:
+                    continue
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            parents = {".".join(m.split(".")[:i]) for m in targets for i in range(2, m.count(".") + 1)}
+            for mod in targets + sorted(parents):  # a subpackage's __init__ runs before its modules
+                found = _module_file(mod, root)
+                if found and not found.endswith("batchcam/__init__.py") and found != "batchcam/__init__.py":
+                    todo.append(found)
+    return tuple(sorted(seen))
+
+
+#: Files whose changes can change a run's numbers: the import closure of :data:`ENTRY_POINTS`,
+#: derived from the code itself (``batchcam.staleness`` compares their fingerprints).
+RESULT_FILES = import_closure()
 
 
 def git(*args: str) -> Optional[str]:
@@ -56,11 +111,11 @@ def code_tree(source: Optional[str]) -> Optional[str]:
     return ast.dump(tree)
 
 
-def code_hashes(commit: Optional[str] = None) -> dict[str, Optional[str]]:
-    """``{path: SHA-256 of code_tree}`` for every ``RESULT_FILES`` entry, read from the files on
-    disk, or from ``commit`` through git (None where a file is missing); chapter 6."""
+def code_hashes(commit: Optional[str] = None, files: tuple[str, ...] = ()) -> dict[str, Optional[str]]:
+    """``{path: SHA-256 of code_tree}`` for every ``RESULT_FILES`` entry (or ``files``), read from the files
+    on disk, or from ``commit`` through git (None where a file is missing); chapter 6."""
     out = {}
-    for name in RESULT_FILES:
+    for name in files or RESULT_FILES:
         if commit is None:
             path = REPO / name
             source = path.read_text() if path.exists() else None

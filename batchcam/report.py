@@ -56,7 +56,7 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
     records form the ``"random model"`` cell. Within a scale, the seeds of one budget and recipe
     (subset, epochs, size, optimiser, lr, batch) are averaged: a complete one (≥ 3 seeds) first,
     then the grid's current recipe (``grid.MODEL_DEFAULTS``), then the most seeds. ``stale``:
-    run ids that ``results.stale_records`` flags. Cell: ``{"n", "scale", "votes", "epochs", "n_train",
+    run ids that ``staleness.stale_records`` flags. Cell: ``{"n", "scale", "votes", "epochs", "n_train",
     "n_test", "image_size", "device", "run_ids", "collapsed": seeds ≥ 50 % dead, "stale", metric: (mean, std)}``.
     """
     from .config import LATER_FIELDS

@@ -31,12 +31,10 @@ import torch.nn.functional as F
 
 from ._helpers import atomic_write_bytes, atomic_write_json
 from .digest import RECORD_HASH_FIELD, canonical_sha256, record_hash_ok
-from .behaviour import code_key, same_behaviour
-from .provenance import REPO, RESULT_FILES, code_hashes, git, provenance
+from .provenance import REPO, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
-           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench", "stale_records",
-           "load_behaviour"]
+           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench"]
 
 SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "history", "final", "timings",
@@ -346,58 +344,3 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> O
     root = Path(root) if root is not None else results_root("bench")
     paths = sorted(p for p in root.glob(f"bench-{device_type}-*.json") if not p.stem.endswith("-quick"))
     return _strict_json(paths[-1].read_text()) if paths else None
-
-
-# --------------------------------------------------------------------------- staleness
-
-
-def load_behaviour(path: Optional[PathLike] = None) -> dict:
-    """``results/behaviour.json``: ``{code_key: {model or "data": {name: number}}}``, each code version's
-    probe (``batchcam.behaviour``, ``scripts/fingerprint.py``); ``{}`` when absent (chapter 6)."""
-    path = Path(path) if path is not None else results_root("runs").parent / "behaviour.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def stale_records(root: Optional[PathLike] = None) -> list[dict]:
-    """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 6).
-
-    Code means a file's syntax tree without docstrings and comments (``provenance.code_tree``):
-    a documentation change never changes a number. A record is current when the fingerprints of
-    its code (``code_sha256``, or for an older record without them its clean commit's, computed
-    through git) equal HEAD's for every ``RESULT_FILES`` entry, whatever its git metadata says
-    (a lent GPU machine copies the working tree with stale metadata), or when the code changed
-    but computes the same numbers: the behaviour probes (``batchcam.behaviour``) of its code and
-    of HEAD's, both in ``results/behaviour.json``, agree for its model. An older record is also
-    stale when it was made from a dirty tree or names no commit (or one this repository lacks).
-    """
-    root = Path(root) if root is not None else results_root("runs")
-    out, by_commit, head, behaviour = [], {}, None, load_behaviour()
-    for path in sorted(root.glob("*.json")):
-        try:
-            record = load_record(path)
-        except (OSError, ValueError):
-            continue
-        prov, reason = record["provenance"], None
-        commit, hashes = prov.get("git_commit"), prov.get("code_sha256")
-        if hashes and commit and set(RESULT_FILES) - set(hashes):  # a result file added since: its commit's
-            hashes = {**(by_commit.setdefault(commit, code_hashes(commit)) or {}), **hashes}
-        if not hashes:  # a record made before fingerprints: its commit's code stands for it
-            if not commit:
-                reason = "no commit recorded"
-            elif prov.get("git_dirty"):
-                reason = "made from a dirty tree"
-            else:
-                if commit not in by_commit:
-                    known = git("cat-file", "-e", f"{commit}^{{commit}}") is not None
-                    by_commit[commit] = code_hashes(commit) if known else None
-                hashes = by_commit[commit]
-                reason = None if hashes else f"commit {commit[:9]} is not in this repository"
-        if hashes:
-            head = head or code_hashes("HEAD")
-            changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
-            probes = [behaviour.get(code_key(h)) for h in (hashes, head)] if changed else []
-            if changed and not (all(probes) and same_behaviour(*probes, record["config"].get("model", ""))):
-                reason = "changed since: " + ", ".join(changed)
-        if reason:
-            out.append({"run_id": path.stem, "commit": commit, "reason": reason})
-    return out

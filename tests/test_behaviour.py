@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from batchcam import results as R
+from batchcam import staleness as S
 from batchcam.behaviour import code_key, probe, same_behaviour
 from batchcam.provenance import code_hashes, git
 
@@ -41,16 +42,16 @@ def test_a_code_change_with_the_same_behaviour_keeps_records_current(tmp_path, m
 
     def stale_with(old_probe):
         behaviour.write_text(json.dumps({code_key(head): _probe(), code_key(edited): old_probe}))
-        return [s["reason"] for s in R.stale_records(tmp_path / "runs")]
+        return [s["reason"] for s in S.stale_records(tmp_path / "runs")]
 
     assert stale_with(_probe(resnet=9.0)) == []  # same SimpleCNN numbers: current
     assert stale_with(_probe(1.5)) == ["changed since: batchcam/losses.py"]
     behaviour.unlink()
-    assert [s["reason"] for s in R.stale_records(tmp_path / "runs")] == ["changed since: batchcam/losses.py"]
+    assert [s["reason"] for s in S.stale_records(tmp_path / "runs")] == ["changed since: batchcam/losses.py"]
 
 
 def test_the_committed_probe_of_this_code_is_what_this_code_computes():
-    entries = R.load_behaviour()
+    entries = S.load_behaviour()
     key = code_key(code_hashes())
     assert key in entries, (f"results/behaviour.json has no probe of this code ({key}): "
                             "run `python scripts/fingerprint.py` and commit the file")

@@ -14,7 +14,8 @@ import torch
 
 import batchcam.losses
 from batchcam import bench, results
-from batchcam.bench import measure as bench_run, methods
+from batchcam.bench import measure as bench_run
+from batchcam.bench import methods
 from batchcam.bench.config import METHODS, PRESETS, ModelCase, config_from_args
 from batchcam.cam import batch_gradcam, gradcam_loop
 
@@ -168,6 +169,7 @@ def test_a_wrong_method_fails_the_check_and_the_exit_code(monkeypatch, written, 
     (["--min-run-time", "0"], "--min-run-time must be a positive"),
     (["--rounds", "0"], "--rounds must be a whole number ≥ 1"),
     (["--threads", "0"], "--threads must be a whole number ≥ 1"),
+    (["--threads", "100000"], "--threads must be at most \\d+ \\(4 × the \\d+ CPUs here\\), got 100000"),
     (["--distances", "l3"], "unknown distance 'l3'"),
     (["--device", "tpu"], "unknown device 'tpu'; use --device cpu, cuda"),
     (["--preset", "gpu"], None),  # CUDA on a machine without it (skipped where there is CUDA)
@@ -179,11 +181,21 @@ def test_bad_values_are_rejected_before_any_work(argv, message, monkeypatch, wri
             pytest.skip("this machine has CUDA")
         message = "--device cuda: CUDA is not available on this machine; use --device cpu"
     monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("ran despite a bad value"))
+    monkeypatch.setattr(bench_run, "run_benchmark", lambda *a, **k: pytest.fail("ran despite a bad value"))
     assert bench.run(parse(*(argv if argv[0] in ("--quick", "--preset") else ["--quick", *argv]))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("batchcam bench: error: ") and "Traceback" not in err
     assert __import__("re").search(message, err), err
     assert written == []  # no record, not even an empty one
+
+
+def test_threads_are_capped_at_four_per_cpu(monkeypatch):
+    """``--threads 100000`` crashed the process (a segfault in torch.set_num_threads); now it is refused."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert bench.BenchConfig.from_preset("quick", threads=8).threads == 8
+    for bad in (9, 100000):
+        with pytest.raises(ValueError, match=f"--threads must be at most 8 \\(4 × the 2 CPUs here\\), got {bad}"):
+            bench.BenchConfig.from_preset("quick", threads=bad)
 
 
 def test_presets():

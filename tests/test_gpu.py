@@ -9,6 +9,7 @@ files when ``data/`` has them, else synthetic data.
 import contextlib
 import dataclasses
 import io
+import json
 import tarfile
 import time
 from pathlib import Path
@@ -87,12 +88,15 @@ def test_gpu_run_on_cpu_packs_complete_records(session, tmp_path, capsys):
     assert archive.is_file() and (out / "session.json").is_file()
     with tarfile.open(archive) as tar:
         names = sorted(tar.getnames())
+        tensors_of = {n: json.loads(tar.extractfile(n).read())["tensors"]["file"] for n in names
+                      if n.endswith(".json")}
     jsons = [n for n in names if n.endswith(".json")]
     # all five on an idle machine; on a busy one the budget may leave some pending, said in the log
     assert 1 <= len(jsons) <= 5 and f"done: {len(jsons)} new records" in log, log
     assert len(jsons) == 5 or "budget spent" in log or "skip " in log, log
     assert all(n.startswith("runs/") for n in names)
-    assert sorted(n[:-5] + ".tensors.pt" for n in jsons) == [n for n in names if n.endswith(".tensors.pt")]
+    assert sorted(f"runs/{tensors_of[n]}" for n in jsons) == [n for n in names if n.endswith(".tensors.pt")]
+    assert all(tensors_of[n].startswith(n[5:-5] + ".") for n in jsons)  # each record names its own tensors
     assert not (results / "runs").exists()  # the session writes into its work folder, not results/
 
     dest = tmp_path / "results"
@@ -175,6 +179,8 @@ def test_unpack_refuses_unexpected_entries_and_bad_files(session, tmp_path, usag
     (["--budget-s", "-5"], ["--budget-s"]),
     (["--budget-s", "nan"], ["--budget-s"]),
     (["--device", "bogus"], ["--device 'bogus'"]),
+    (["--device", "mps"], ["--device 'mps'", "CPU and CUDA only", "valid choices here: 'auto', 'cpu'"]),
+    (["--device", "meta"], ["--device 'meta'", "valid choices here: 'auto', 'cpu'"]),
     (["--n-train", "70000"], ["--n-train 70000"]),
     (["--epochs", "-1"], ["--epochs"]),
     (["--models", "vgg"], ["invalid choice: 'vgg'"]),
@@ -189,3 +195,34 @@ def test_gpu_run_bad_values_exit_2_before_any_work(no_work, usage_error, tmp_pat
 def test_gpu_run_on_a_machine_without_cuda_is_refused(no_work, usage_error, tmp_path):
     usage_error(["gpu-run", "--out", str(tmp_path / "out")], "--device 'cuda'", "CUDA is not available")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- devices (batchcam._helpers)
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xla", "mps:0", "bogus", "cuda:99"])
+def test_resolve_device_refuses_devices_this_project_cannot_use(device):
+    """``mps`` and ``meta`` used to pass and fail deep inside training with a traceback."""
+    from batchcam._helpers import resolve_device
+
+    with pytest.raises(ValueError, match="'auto', 'cpu'" if device != "cuda:99" or torch.cuda.is_available()
+                       else "CUDA is not available") as info:
+        resolve_device(device)
+    assert "\n" not in str(info.value) and repr(device) in str(info.value)
+
+
+def test_resolve_device_accepts_cpu_auto_and_cuda_where_present():
+    from batchcam._helpers import resolve_device
+
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None) == resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available()
+                                                                          else "cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda:0").type == "cuda"
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_train_and_bench_refuse_mps_and_meta_in_one_line(usage_error, no_work, tmp_path, device):
+    usage_error(["train", "--device", device, "--out-dir", str(tmp_path)], f"--device {device!r}",
+                "valid choices here: 'auto', 'cpu'")
+    usage_error(["bench", "--quick", "--device", device], f"unknown device {device!r}")

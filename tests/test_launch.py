@@ -119,9 +119,32 @@ def test_assume_cuda_names_runs_as_on_a_gpu_node(monkeypatch):
 
 
 @pytest.mark.parametrize("flag, value, needle", [("--gpus-per-run", "-1", "--gpus-per-run must be ≥ 0"),
-                                                 ("--array-parallelism", "0", "--array-parallelism must be ≥ 1")])
+                                                 ("--array-parallelism", "0", "--array-parallelism must be ≥ 1"),
+                                                 ("--mem-gb", "0", "--mem-gb must be a number of GB > 0 and ≤ 4096"),
+                                                 ("--mem-gb", "-8", "got -8"),
+                                                 ("--mem-gb", "nan", "got nan"),
+                                                 ("--mem-gb", "inf", "got inf"),
+                                                 ("--mem-gb", "32000", "got 32000; e.g. --mem-gb 32")])
 def test_bad_launcher_options_are_usage_errors(usage_error, no_work, flag, value, needle):
     usage_error(SUB + ["--submitit-cluster", "debug", flag, value], needle)
+
+
+def test_mem_gb_in_range_is_passed_on():
+    from batchcam.cli import build_parser
+
+    for value in ("0.5", "32", str(launch.MAX_MEM_GB)):
+        args = build_parser().parse_args(SUB + ["--mem-gb", value])
+        assert launch.options_from_args(args).mem_gb == float(value)
+
+
+def test_slurm_without_sbatch_is_a_usage_error(usage_error, no_work, monkeypatch, tmp_path):
+    """``--submitit-cluster slurm`` where Slurm is not installed: one line naming the fix, nothing submitted."""
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch, no srun
+    usage_error(SUB + ["--submitit-cluster", "slurm", "--out-dir", str(tmp_path / "out")],
+                "--submitit-cluster slurm needs Slurm", "sbatch is not on PATH", "--submitit-cluster local")
+    assert not (tmp_path / "out").exists()
+    assert launch.resolve_cluster("local") == "local" and launch.resolve_cluster("debug") == "debug"
 
 
 def test_a_job_still_running_locally_is_not_submitted_again(tmp_path, capsys):

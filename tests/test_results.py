@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import batchcam.results as R
+import batchcam.staleness as S
 from batchcam.config import TrainConfig
 from batchcam.provenance import RESULT_FILES, code_hashes, code_tree, git, provenance
 
@@ -325,7 +326,7 @@ def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, mak
     if head is None:
         pytest.skip("not a git checkout")
     def code_changed(c):  # a result file whose code (not only its docstrings) differs from HEAD
-        names = (git("diff", "--name-only", c, "HEAD", "--", *R.RESULT_FILES) or "").split()
+        names = (git("diff", "--name-only", c, "HEAD", "--", *RESULT_FILES) or "").split()
         return any(code_tree(git("show", f"{c}:{f}")) != code_tree(git("show", f"HEAD:{f}")) for f in names)
 
     changed = next((c for c in (git("rev-list", "HEAD") or "").split() if code_changed(c)), None)
@@ -336,7 +337,7 @@ def test_stale_records_lists_changed_dirty_and_uncommitted_records(tmp_path, mak
     dirty = _write_with(tmp_path, make_record, 2, git_commit=head, git_dirty=True)
     nocommit = _write_with(tmp_path, make_record, 3, git_commit=None, git_dirty=None)
     alien = _write_with(tmp_path, make_record, 4, git_commit="0" * 40, git_dirty=False)
-    stale = {s["run_id"]: s for s in R.stale_records(tmp_path)}
+    stale = {s["run_id"]: s for s in S.stale_records(tmp_path)}
     assert clean not in stale
     assert set(stale) == {old, dirty, nocommit, alien}
     assert stale[old]["reason"].startswith("changed since: ") and "batchcam/" in stale[old]["reason"]
@@ -358,7 +359,7 @@ def test_code_fingerprints_decide_staleness_whatever_the_git_metadata(tmp_path, 
     edited = dict(head, **{"batchcam/losses.py": "f" * 64})
     changed = _write_with(tmp_path, make_record, 1, git_commit="0" * 40, git_dirty=False,
                           code_sha256=edited)
-    stale = {s["run_id"]: s["reason"] for s in R.stale_records(tmp_path)}
+    stale = {s["run_id"]: s["reason"] for s in S.stale_records(tmp_path)}
     assert copied not in stale
     assert stale[changed] == "changed since: batchcam/losses.py"
 
@@ -428,3 +429,45 @@ def test_a_docstring_change_does_not_make_a_record_stale():
     before = 'def f(x):\n    """Old words."""\n    return x + 1  # a comment\n'
     assert _code(before) == _code('def f(x):\n    """New words, chapter 5."""\n    return x + 1\n')
     assert _code(before) != _code('def f(x):\n    """Old words."""\n    return x + 2\n')
+
+
+def test_result_files_are_the_import_closure_of_training_and_evaluation():
+    assert {"batchcam/_helpers.py", "batchcam/distributed.py", "batchcam/train.py", "batchcam/evaluate.py",
+            "batchcam/faithfulness.py"} <= set(RESULT_FILES)  # faithfulness: imported inside a function
+    assert not {"batchcam/results.py", "batchcam/report.py", "batchcam/plots.py"} & set(RESULT_FILES)
+
+
+def test_import_closure_follows_lazy_and_package_imports(tmp_path):
+    from batchcam.provenance import import_closure
+
+    pkg = tmp_path / "batchcam"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .unused import x\n")
+    (pkg / "entry.py").write_text("from . import helper\ndef f():\n    from .sub.deep import g\n")
+    (pkg / "helper.py").write_text("import os\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "deep.py").write_text("from ..leaf import y\n")
+    (pkg / "leaf.py").write_text("")
+    (pkg / "unused.py").write_text("")
+    assert import_closure(("batchcam/entry.py",), tmp_path) == (
+        "batchcam/entry.py", "batchcam/helper.py", "batchcam/leaf.py", "batchcam/sub/__init__.py",
+        "batchcam/sub/deep.py")
+
+
+def test_a_change_to_helpers_makes_records_stale(tmp_path, make_record, monkeypatch):
+    monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))  # no behaviour probes: the code alone decides
+    if git("rev-parse", "HEAD") is None:
+        pytest.skip("not a git checkout")
+    head = code_hashes("HEAD")
+    edited = dict(head, **{"batchcam/_helpers.py": "e" * 64})
+    rid = _write_with(tmp_path, make_record, 0, git_commit="0" * 40, git_dirty=False, code_sha256=edited)
+    assert {s["run_id"]: s["reason"] for s in S.stale_records(tmp_path)} == {
+        rid: "changed since: batchcam/_helpers.py"}
+
+
+def test_results_imports_nothing_from_training_or_the_probes():
+    import ast
+
+    source = (REPO / "batchcam" / "results.py").read_text()
+    names = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not names & {"train", "behaviour", "staleness", "evaluate", "cli"}

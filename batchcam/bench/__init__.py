@@ -56,7 +56,7 @@ def format_summary(record: dict) -> str:
     table = {(r["model"], r["image_size"], r["batch_size"], r["method"]): r for r in rows(record)}
     lines = ["model:size            B   fwd ms  batch/fwd loop/batch pgc/batch captum/batch  max|Δ| maps"]
     for e in record["cam"]:
-        get = lambda m, k: table.get((e["model"], e["image_size"], e["batch_size"], m), {}).get(k)  # noqa: E731
+        get = lambda m, k, e=e: table.get((e["model"], e["image_size"], e["batch_size"], m), {}).get(k)  # noqa: E731
         eq = e["equality"] or {}
         diffs = [v["max_abs_diff"] for v in eq.get("methods", {}).values() if v["max_abs_diff"] is not None]
         lines.append(f"{e['model']}:{e['image_size']:<{18 - len(e['model'])}} {e['batch_size']:>4} "

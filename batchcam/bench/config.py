@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -96,6 +97,11 @@ def _whole(values: Any, flag: str, least: int = 1, example: str = "1 16 64") -> 
     return values
 
 
+def max_threads() -> int:
+    """The most ``--threads`` a run may ask for: 4 × the CPUs here (chapter 3, "speed")."""
+    return 4 * (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Everything one benchmark run measures (recorded whole in the record's ``config``).
@@ -157,6 +163,9 @@ class BenchConfig:
         _whole([self.seed], "--seed", 0, "0")
         if self.threads is not None:
             _whole([self.threads], "--threads", 1, "2")
+            if self.threads > max_threads():  # torch.set_num_threads(100000) crashes the process
+                raise ValueError(f"--threads must be at most {max_threads()} (4 × the {os.cpu_count() or 1} CPUs "
+                                 f"here), got {self.threads}; e.g. --threads {os.cpu_count() or 1}")
         for flag, value in (("--min-run-time", self.min_run_time), ("--budget-seconds", self.budget_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{flag} must be a positive number of seconds, got {value!r}; e.g. {flag} 600")
@@ -201,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p("--budget-seconds", type=float, dest="budget_s", metavar="S",
       help="configurations that would start after S seconds are skipped")
     p("--no-memory", action="store_false", dest="memory", default=None, help="skip the peak-memory measurements")
-    p("--threads", type=int, metavar="N", help="torch threads during the run")
+    p("--threads", type=int, metavar="N", help=f"torch threads during the run (1 to {max_threads()})")
     p("--seed", type=int)
     p("--force", action="store_true", help="overwrite an existing record file")
     return parser

@@ -180,7 +180,8 @@ def bench_cam(mc: ModelCase, batch: int, cfg: BenchConfig, device: torch.device)
              "timings": time_calls(fns, cfg.rounds, cfg.min_run_time), "skipped_methods": skipped,
              "notes": {n: m.note for n, m in methods.items() if m.note}}
     entry["equality"] = check_maps(case, methods, outputs, cfg.atol)
-    del outputs, fns, methods
+    outputs.clear()  # the maps; the dict itself stays bound (the timing lambdas close over it)
+    del fns, methods
     entry["loop_frees_graph"] = loop_frees_graph(case) if "gradcam_loop" in cfg.methods else None
     if cfg.memory:
         names = tuple(n for n in MEMORY_METHODS if "median_ms" in entry["timings"].get(n, {}))

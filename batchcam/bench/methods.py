@@ -205,7 +205,7 @@ def loop_frees_graph(case: Case) -> bool:
     finally:
         handle.remove()
     refs = [weakref.ref(t) for t in outs]
-    del outs
+    outs.clear()
     gc.collect()
     alive = [r() for r in refs if r() is not None]
     for t in alive:  # free the leaked graph so that the rest of the run is not affected
