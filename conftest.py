@@ -75,6 +75,7 @@ def synthetic():
 def fake_data(monkeypatch):
     """``fit`` and ``gpu-run`` load tiny synthetic data instead of MNIST."""
     import batchcam.gpu
+    import batchcam.runner
     import batchcam.train
 
     monkeypatch.setattr(batchcam.train, "load_data", _fake_load_data)
@@ -217,7 +218,7 @@ def no_work(monkeypatch, isolated_results):
             pytest.fail(f"{what} was reached: the error must come before any work")
         return fail
 
-    for module, name in ((batchcam.cli, "fit"), (batchcam.train, "fit"), (batchcam.gpu, "fit"),
+    for module, name in ((batchcam.runner, "fit"), (batchcam.train, "fit"),
                          (batchcam.train, "load_data"), (batchcam.gpu, "load_data"),
                          (batchcam.gpu, "smoke_test"), (batchcam.bench, "run_benchmark")):
         monkeypatch.setattr(module, name, forbidden(f"{module.__name__}.{name}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -104,6 +104,16 @@ def resolve_targets(targets: Any, logits: torch.Tensor) -> torch.Tensor:
     return t.to(device=logits.device, dtype=torch.long, non_blocking=t.device.type == "cpu").expand(b)
 
 
+def check_size(size: Any, x: torch.Tensor) -> tuple[int, int]:
+    """The maps' (H, W): ``size`` as a pair or one int for a square; ``None`` → the images' [H, W]."""
+    if size is None:
+        return tuple(x.shape[-2:])
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"size must be (H, W) with two positive integers, got {size!r}")
+    return size
+
+
 def batch_statistics_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """BatchNorm layers that normalise with the batch's own statistics in the current state: those in train
     mode, and those without running statistics (``track_running_stats=False``) in either mode."""
@@ -112,48 +122,62 @@ def batch_statistics_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class Capture:
-    """Owns the forward hooks of one Grad-CAM call and releases them on exit, even after an exception.
+    """Owns the forward hooks of one CAM call and releases them on exit, even after an exception.
 
-    Keeps the target layer's output ``A`` [B, K, h, w] (``self.acts``) and hands the rest of the model a
-    copy, so that an in-place operation after the layer (``out += identity``, ``ReLU(inplace=True)``)
-    changes the copy and ``A`` keeps its values. With ``grad_from_here`` the forward runs without autograd
-    up to the target layer, whose output is detached and made a leaf: only the head is differentiated. A
-    frozen backbone's output (no grad) becomes such a leaf too. With ``check_mixing`` it records every
-    batch-statistics BatchNorm that runs after the layer; with ``keep_grad`` a tensor hook stores ∂/∂A.
+    ``layers`` is a list of ``(module, dotted_name)``. Keeps each target layer's output ``A`` [B, K, h, w]
+    (``self.acts``, one per layer; tokens [B, N, D] when ``reshape`` maps them to [B, K, h, w]) and hands
+    the rest of the model a copy, so that an in-place operation after the layer (``out += identity``,
+    ``ReLU(inplace=True)``) changes the copy and ``A`` keeps its values. With ``grad_from_here`` the forward
+    runs without autograd up to the first target layer that runs, whose output is detached and made a leaf:
+    only what follows is differentiated; a later layer's output stays in the graph, so that its gradient and
+    the earlier layer's (through it) are both total derivatives. An output without grad (a frozen backbone)
+    becomes a leaf too. With ``check_mixing`` it records every batch-statistics BatchNorm that runs after the
+    first target layer; with ``keep_grad`` (one layer) a tensor hook stores ∂/∂A.
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module, name: str, *, grad_from_here: bool,
-                 check_mixing: bool, keep_grad: bool = False):
-        self.model, self.layer, self.name = model, layer, name
+    def __init__(self, model: nn.Module, layers: list[tuple[nn.Module, str]], *, grad_from_here: bool,
+                 check_mixing: bool, keep_grad: bool = False, reshape: Optional[Callable] = None):
+        self.model, self.layers, self.reshape = model, layers, reshape
         self.grad_from_here, self.check_mixing, self.keep_grad = grad_from_here, check_mixing, keep_grad
-        self.acts: Optional[torch.Tensor] = None
-        self.calls = 0
+        self.acts: list[Optional[torch.Tensor]] = [None] * len(layers)
+        self.calls = [0] * len(layers)
+        self.first: Optional[nn.Module] = None  # the first target layer that ran
         self.mixing_after: list[str] = []
         self.grads: list[torch.Tensor] = []  # filled by the tensor hook; holds no reference back to acts
+        self._versions = [0] * len(layers)
         self._handles: list = []
 
-    def _on_layer(self, module: nn.Module, inputs, output):
-        self.calls += 1
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"layer {self.name!r} outputs {shape}, but Grad-CAM needs a 4-D feature map "
-                             f"[B, K, h, w]; choose a convolutional layer such as one of "
-                             f"{candidate_layers(self.model)}")
-        if self.grad_from_here:
+    def _on_layer(self, i: int, module: nn.Module, inputs, output):
+        self.calls[i] += 1
+        name = self.layers[i][1]
+        shaped = self.reshape(output) if self.reshape is not None and isinstance(output, torch.Tensor) else output
+        if not isinstance(shaped, torch.Tensor) or shaped.dim() != 4:
+            shape = tuple(shaped.shape) if isinstance(shaped, torch.Tensor) else type(shaped).__name__
+            hint = ("pass reshape= to map tokens [B, N, D] to [B, D, h, w] (batchcam.vit_reshape for timm ViTs), "
+                    if isinstance(shaped, torch.Tensor) and shaped.dim() == 3 and self.reshape is None else "")
+            raise ValueError(f"layer {name!r} outputs {shape}{' after reshape' if self.reshape else ''}, but a "
+                             f"CAM needs a 4-D feature map [B, K, h, w]; {hint}choose a convolutional layer such as "
+                             f"one of {candidate_layers(self.model)}")
+        leaf = self.first is None and self.grad_from_here
+        if leaf:
             torch.set_grad_enabled(True)
-        acts = output if output.requires_grad and not self.grad_from_here else output.detach().requires_grad_(True)
+        if self.first is None:
+            self.first = module
+        acts = output.detach().requires_grad_(True) if leaf or not output.requires_grad else output
         if self.keep_grad:
             acts.register_hook(self.grads.append)
-        self.acts, self._version = acts, acts._version
+        self.acts[i], self._versions[i] = acts, acts._version
         return acts.clone()
 
     def _on_mixing(self, name: str, module: nn.Module) -> None:
-        # A BatchNorm inside the target layer finishes before it (self.calls is still 0); the layer itself is fine.
-        if self.calls and module is not self.layer:
+        # A BatchNorm inside the first target layer finishes before it; the layer itself is fine.
+        if self.first is not None and module is not self.first:
             self.mixing_after.append(name)
 
     def __enter__(self) -> "Capture":
-        self._handles.append(self.layer.register_forward_hook(self._on_layer))
+        for i, (module, _) in enumerate(self.layers):
+            self._handles.append(module.register_forward_hook(
+                lambda mod, inp, out, i=i: self._on_layer(i, mod, inp, out)))
         if self.check_mixing:
             for n, m in batch_statistics_modules(self.model):
                 self._handles.append(m.register_forward_hook(lambda mod, i, o, n=n: self._on_mixing(n, mod)))
@@ -164,26 +188,74 @@ class Capture:
             h.remove()
         self._handles.clear()
 
-    def activations(self) -> torch.Tensor:
-        """``A`` [B, K, h, w], after checking that the layer ran once and that nothing changed it in place."""
-        if self.acts is None:
-            raise RuntimeError(f"layer {self.name!r} did not run during the forward pass; "
-                               f"pick a layer on the path from input to logits: {candidate_layers(self.model)}")
-        if self.calls > 1:
-            raise RuntimeError(f"layer {self.name!r} ran {self.calls} times in one forward pass; "
-                               "Grad-CAM needs a layer that runs once")
-        if self.acts._version != self._version:
-            raise RuntimeError(f"the output of layer {self.name!r} was modified in place by a later operation "
-                               "that kept a reference to it, so its values are no longer the activations; "
-                               "choose the enclosing block or make that operation out-of-place")
-        return self.acts
+    def activations(self) -> list[torch.Tensor]:
+        """``A`` per layer [B, K, h, w] (or tokens), after checking that each layer ran once and kept its values."""
+        for i, (_, name) in enumerate(self.layers):
+            if self.acts[i] is None:
+                raise RuntimeError(f"layer {name!r} did not run during the forward pass; "
+                                   f"pick a layer on the path from input to logits: {candidate_layers(self.model)}")
+            if self.calls[i] > 1:
+                raise RuntimeError(f"layer {name!r} ran {self.calls[i]} times in one forward pass; "
+                                   "a CAM needs a layer that runs once")
+            if self.acts[i]._version != self._versions[i]:
+                raise RuntimeError(f"the output of layer {name!r} was modified in place by a later operation "
+                                   "that kept a reference to it, so its values are no longer the activations; "
+                                   "choose the enclosing block or make that operation out-of-place")
+        return list(self.acts)
 
     def pop_grad(self) -> torch.Tensor:
         """The gradient ∂/∂A [B, K, h, w] that the tensor hook stored during the last backward pass."""
         if not self.grads:
-            raise RuntimeError(f"no gradient reached the output of layer {self.name!r}; "
+            raise RuntimeError(f"no gradient reached the output of layer {self.layers[0][1]!r}; "
                                "the logits do not depend on it")
         return self.grads.pop()
+
+
+def mixing_message(names: list[str], layer: str) -> str:
+    """The message of :class:`batchcam.cam.SampleMixingError`: ``names`` of the BatchNorms after ``layer``."""
+    return (f"{names} run after the target layer {layer!r} and normalise with batch statistics (BatchNorm in train "
+            "mode, or built with track_running_stats=False, whatever model.training says): each logit then depends "
+            "on every sample's activations, so ∂(Σ_b z_b[t_b])/∂A is not the per-sample gradient and the batch "
+            "Grad-CAM would be wrong. Use a target layer after the last such BatchNorm, put those layers in eval "
+            "mode (with running statistics), or pass allow_batch_mixing=True if you accept the mixed gradient "
+            "(chapter 3 shows the difference).")
+
+
+def target_score(targets: Any, logits: torch.Tensor) -> torch.Tensor:
+    """``Σ_b s_b``: the summed per-sample target scores, from class indices (see :func:`resolve_targets`) or
+    a callable ``targets(logits [B, C]) -> [B]`` (a class score, a margin; each ``s_b`` from row ``b`` only)."""
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        s = targets(logits)
+        if not isinstance(s, torch.Tensor) or not s.is_floating_point() or tuple(s.shape) != (logits.shape[0],):
+            what = f"a {s.dtype} tensor of shape {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"a callable target must return one floating-point score per sample, shape "
+                             f"[{logits.shape[0]}], computed from the logits; it returned {what}")
+        return s.sum()
+    t = resolve_targets(targets, logits)
+    return logits.gather(1, t[:, None]).sum()
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a CAM runs: a ``torch.compile``'d model's original module (same parameters), else ``model``.
+
+    A compiled graph does not see hooks added after it was compiled (torch.compile does not guard on them,
+    so a cached graph would skip the capture), and it hides the layer's output from autograd, so maps that
+    need ``create_graph=True`` could not be formed from it. A compiled *submodule* raises a TypeError.
+    """
+    if _is_compiled(model):
+        model = model._orig_mod
+    for name, m in model.named_modules():
+        if name and _is_compiled(m):
+            raise TypeError(
+                f"submodule {name!r} is compiled with torch.compile: a compiled graph does not run hooks added "
+                "after it was compiled and hides the target layer's output from autograd. Pass a model whose "
+                f"submodules are not compiled (replace {name!r} by its ._orig_mod, which shares the parameters), "
+                "or compile the whole model: batch_cam then runs its original module.")
+    return model
 
 
 def warn_if_not_finite(cam: torch.Tensor) -> None:

@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import bench, distributed, gpu, launch
+from ._idx import ChecksumError
 from .config import TrainConfig
 from .data import DATASETS, DataMissingError
 from .fetch import prepare_data
-from ._idx import ChecksumError
 from .grid import GRIDS, pending
 from .losses import OBJECTIVES
 from .models import list_models
-from .results import RecordExistsError, load_runs, record_from_run, results_root, write_run
+from .results import RecordExistsError, load_record, load_runs, results_root
+from .runner import fit_and_record
 from .staleness import stale_records
-from .train import NonFiniteLossError, checkpoint_path, fit
+from .train import NonFiniteLossError, checkpoint_path
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 #: TrainConfig fields that ``reproduce`` can override for the whole grid (the others are axes).
@@ -95,7 +96,7 @@ def _train_and_record(config: TrainConfig, *, resume: bool, force: bool, progres
                       rerun: str) -> Optional[int]:
     """``fit`` then write the record; on Ctrl-C say where the checkpoint is (→ 130)."""
     try:
-        run = fit(config, resume=resume, progress=progress)
+        run, path = fit_and_record(config, resume=resume, force=force, progress=progress)
     except KeyboardInterrupt:
         ckpt = checkpoint_path(config)
         where = f"last complete checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint yet"
@@ -103,9 +104,7 @@ def _train_and_record(config: TrainConfig, *, resume: bool, force: bool, progres
         return EXIT_INTERRUPTED
     if run is None:  # a torchrun rank other than 0: rank 0 writes the one record
         return None
-    record, tensors = record_from_run(run)
-    path = write_run(record, tensors, Path(config.out_dir) / "runs", force=force)
-    f = record["final"]
+    f = load_record(path)["final"]
     print(f"{config.run_id}: test accuracy {f['accuracy']:.4f}, L1 {f['l1']:.4f}, SSIM {f['ssim']:.4f}, "
           f"dead {f['dead_fraction']:.1%} -> {path}")
     return None

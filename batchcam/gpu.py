@@ -27,8 +27,9 @@ from .config import NUM_CLASSES, TrainConfig
 from .grid import GRID_MODELS, paper_grid, pending
 from .losses import OBJECTIVES, objective_loss
 from .models import create_model, default_target_layer
-from .results import is_complete, record_from_run, results_root, write_run
-from .train import fit, load_data
+from .results import is_complete, results_root
+from .runner import fit_and_record
+from .train import load_data
 
 __all__ = ["add_arguments", "run", "smoke_test", "unpack", "add_unpack_arguments", "run_unpack"]
 
@@ -235,9 +236,8 @@ def run(args) -> int:
             _log(f"skip {config.run_id}: needs ~{estimate:.0f} s, {left():.0f} s left")
             continue
         t0 = time.perf_counter()
-        run_ = fit(config, progress=False, data=data_cache[key])
-        record, tensors = record_from_run(run_)
-        path = write_run(record, tensors, work / "runs")
+        run_, path = fit_and_record(config, root=work / "runs", resume=False, data=data_cache[key])
+        record = {"final": {"accuracy": run_.evaluation["accuracy"], **run_.evaluation["maps"]}}
         new += [path, path.parent / json.loads(path.read_text())["tensors"]["file"]]  # the pair, as named
         measured[(config.model, config.objective == "ce", config.epochs)] = time.perf_counter() - t0
         _log(f"{config.run_id}: acc {record['final']['accuracy']:.4f}, dead "

@@ -38,7 +38,8 @@ import torch
 from . import config as config_module
 from . import distributed
 from .config import TrainConfig
-from .results import RecordExistsError, is_complete, record_from_run, write_run
+from .results import RecordExistsError, is_complete
+from .runner import fit_and_record
 
 __all__ = ["CLUSTERS", "TrainJob", "SubmititOptions", "assume_cuda", "submit_runs", "add_arguments",
            "options_from_args"]
@@ -70,14 +71,13 @@ class TrainJob:
                 root = Path(config.out_dir) / "runs"
                 path = root / f"{config.run_id}.json"
                 if not is_complete(config.run_id, root):
-                    run = distributed_fit(config)
+                    try:
+                        run, written = fit_and_record(config, root=root, fit_fn=distributed_fit)
+                    except RecordExistsError:  # written meanwhile by a duplicate job: keep that one
+                        run, written = True, path
                     if run is None:  # a DDP rank other than 0
                         continue
-                    record, tensors = record_from_run(run)
-                    try:
-                        path = write_run(record, tensors, root)
-                    except RecordExistsError:  # written meanwhile by a duplicate job: keep that one
-                        pass
+                    path = written
                 print(f"{config.run_id} -> {path}", flush=True)
                 paths.append(str(path))
         finally:

@@ -17,8 +17,9 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import default_data_root
-from .results import is_complete, load_record, record_from_run, write_run
-from .train import checkpoint_path, fit, load_checkpoint, load_data
+from .results import is_complete, load_record
+from .runner import fit_and_record
+from .train import checkpoint_path, load_checkpoint, load_data
 
 __all__ = ["cached_fit", "cache_root"]
 
@@ -56,8 +57,7 @@ def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None
         (train_x, train_y), test = load_data(config)
         perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(int(permute_labels)))
         data = ((train_x, train_y[perm]), test)
-    run = fit(config, progress=progress, data=data)
-    record, tensors = record_from_run(run)
-    if permute_labels is not None:
-        record["permuted_labels_seed"] = int(permute_labels)
-    return run.model.eval(), load_record(write_run(record, tensors, runs, force=True))
+    extra = {} if permute_labels is None else {"permuted_labels_seed": int(permute_labels)}
+    run, path = fit_and_record(config, root=runs, resume=False, force=True, progress=progress, data=data,
+                               extra=extra)
+    return run.model.eval(), load_record(path)

@@ -5,17 +5,31 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import TinyCNN, no_hooks_left
 from torch import nn
 from torch.func import functional_call
 
 import batchcam as bc
 import batchcam.cam as cam_module
-from batchcam.cam import (SampleMixingError, batch_gradcam, batch_gradcam_with_logits, gradcam_loop, normalize_cam,
-                          resolve_layer)
-
-from _tiny import TinyCNN, no_hooks_left
+from batchcam.cam import (
+    SampleMixingError,
+    batch_gradcam,
+    batch_gradcam_with_logits,
+    gradcam_loop,
+    normalize_cam,
+    resolve_layer,
+)
 
 SIZES = {"simplecnn": 28, "resnet18": 28, "convnextv2_tiny": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small batches: one intra-op thread is faster than two, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import batchcam.cli as cli
+import batchcam.runner as runner
 import batchcam.results
 import batchcam.train as T
 from batchcam.config import TrainConfig
@@ -109,7 +110,7 @@ def test_train_with_default_arguments_cannot_overwrite_a_record(tmp_path, make_r
     record, tensors = make_record(config)
     path = write_run(record, tensors, tmp_path / "runs")
     before = path.read_bytes()
-    monkeypatch.setattr(cli, "fit", lambda *a, **k: pytest.fail("training started although the record exists"))
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: pytest.fail("training started although the record exists"))
     assert cli.main(["train", "--out-dir", out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -117,8 +118,8 @@ def test_train_with_default_arguments_cannot_overwrite_a_record(tmp_path, make_r
     assert path.read_bytes() == before
 
     replacement = make_record(config, final={"accuracy": 0.123})
-    monkeypatch.setattr(cli, "fit", lambda config, **kw: "a finished run")
-    monkeypatch.setattr(cli, "record_from_run", lambda run: replacement)
+    monkeypatch.setattr(runner, "fit", lambda config, **kw: "a finished run")
+    monkeypatch.setattr(runner, "record_from_run", lambda run: replacement)
     assert cli.main(["train", "--out-dir", out, "--force", "--no-progress"]) == 0
     assert load_record(path)["final"]["accuracy"] == 0.123 and is_complete(record["run_id"], tmp_path / "runs")
 

@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+import batchcam.runner as runner
 import batchcam.zoo as zoo
 
 
@@ -15,7 +16,7 @@ def tiny(tiny_config, fake_data, monkeypatch):
 
 def test_a_cached_run_is_reloaded_not_retrained(tiny, tmp_path, monkeypatch):
     model, record = zoo.cached_fit(tiny, tmp_path)
-    monkeypatch.setattr(zoo, "fit", lambda *a, **k: pytest.fail("retrained a cached run"))
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: pytest.fail("retrained a cached run"))
     again, record2 = zoo.cached_fit(tiny, tmp_path)
     assert record2 == record and "permuted_labels_seed" not in record
     x = torch.rand(4, 1, 28, 28)
@@ -25,13 +26,13 @@ def test_a_cached_run_is_reloaded_not_retrained(tiny, tmp_path, monkeypatch):
 
 def test_permuted_labels_train_on_a_permutation_of_the_labels_and_cache_apart(tiny, tmp_path, monkeypatch):
     seen = {}
-    real_fit = zoo.fit
+    real_fit = runner.fit
 
     def spy(config, **kw):
         seen["data"] = kw["data"]
         return real_fit(config, **kw)
 
-    monkeypatch.setattr(zoo, "fit", spy)
+    monkeypatch.setattr(runner, "fit", spy)
     _, record = zoo.cached_fit(tiny, tmp_path, permute_labels=3)
     (x, y), (tx, ty) = zoo.load_data(tiny.resolved())
     (px, py), (ptx, pty) = seen["data"]
