@@ -16,6 +16,7 @@ the problem and the fix, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import os
 import shlex
@@ -32,7 +33,7 @@ from .fetch import prepare_data
 from .grid import GRIDS, pending
 from .losses import OBJECTIVES
 from .models import list_models
-from .results import RecordExistsError, load_record, load_runs, results_root
+from .results import RecordExistsError, load_record, load_runs, results_root, verify_records
 from .runner import fit_and_record
 from .staleness import stale_records
 from .train import NonFiniteLossError, checkpoint_path
@@ -227,6 +228,8 @@ def _reproduce(args, submit=None) -> int:
 def _add_list_runs(p):
     p.add_argument("--out-dir", default=None, help="read OUT_DIR/runs (default: the committed records)")
     p.add_argument("--stale", action="store_true", help="list records whose code changed since their commit")
+    p.add_argument("--verify", action="store_true",
+                   help="check every record's record_sha256 and its tensors' SHA-256; name each file that fails")
 
 
 def _run_list_runs(args) -> int:
@@ -237,6 +240,12 @@ def _run_list_runs(args) -> int:
             print(f"{s['run_id']}: {s['reason']}")
         print(f"{len(stale)} stale record(s) in {root}")
         return 1 if stale else 0
+    if args.verify:
+        bad = verify_records(root)
+        for line in bad:
+            print(line)
+        print(f"{len(bad)} problem(s) in {root}")
+        return 1 if bad else 0
     rows = load_runs(root)
     width = max([len("run_id")] + [len(r["run_id"]) for r in rows])
     print(f"{'run_id':<{width}}  {'scale':<10} {'acc':>7} {'l1':>7} {'ssim':>7} {'dead':>6}")
@@ -244,6 +253,22 @@ def _run_list_runs(args) -> int:
         print(f"{r['run_id']:<{width}}  {r['scale']:<10} {r['accuracy']:7.4f} {r['l1']:7.4f} "
               f"{r['ssim']:7.4f} {r['dead_fraction']:6.1%}")
     print(f"{len(rows)} run(s) in {root}")
+    return 0
+
+
+def _run_verdicts() -> int:
+    from . import grid, verdicts
+
+    rows = load_runs()
+    try:
+        configs, note = grid.verdict_grid(), ""
+    except ValueError as exc:  # the learning rate is not chosen yet: every cell is pending
+        configs, note = [], str(exc)
+    path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note))
+    counts: dict[str, int] = {}
+    for e in json.loads(path.read_text())["entries"]:
+        counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
+    print(f"{path}: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     return 0
 
 
@@ -256,6 +281,8 @@ COMMANDS = {
     "train": ("train one configuration and write its run record", _add_train, _run_train),
     "reproduce": ("run a grid (skips recorded runs, resumes checkpoints)", _add_reproduce, _run_reproduce),
     "list-runs": ("table of the run records", _add_list_runs, _run_list_runs),
+    "verdicts": ("write results/verdicts.json from the verdict grid's records (chapter 6)",
+                 lambda p: None, lambda args: _run_verdicts()),
     "bench": ("speed benchmark: batch Grad-CAM vs the loop and libraries; cost of the losses",
               bench.add_arguments, bench.run),
     "gpu-run": ("one GPU session: smoke test, benchmark, pending grid runs within a budget, one archive",

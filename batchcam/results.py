@@ -34,7 +34,8 @@ from .digest import RECORD_HASH_FIELD, canonical_sha256, record_hash_ok
 from .provenance import REPO, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
-           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench"]
+           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench",
+           "verify_records"]
 
 SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "history", "final", "timings",
@@ -248,6 +249,28 @@ def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return hashlib.sha256(data).hexdigest() == record["tensors"]["sha256"]
+
+
+def verify_records(root: Optional[PathLike] = None) -> list[str]:
+    """One line per problem under ``root`` (default ``results_root()``): a record whose JSON does not
+    load (bad ``record_sha256``, malformed, non-finite), whose tensors file is missing or does not match its
+    SHA-256, and tensors files no record names (chapter 6: ``list-runs --verify``). Empty when all is well."""
+    root = Path(root) if root is not None else results_root("runs")
+    problems, named = [], set()
+    for path in sorted(root.glob("*.json")):
+        try:
+            record = load_record(path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
+            continue
+        name = record["tensors"].get("file")
+        named.add(name)
+        if not is_complete(path.stem, root):
+            problems.append(f"{root / str(name)}: missing, outside the folder, or not matching the SHA-256 in "
+                            f"{path.name}")
+    problems += [f"{p}: no record names this tensors file" for p in sorted(root.glob("*.tensors.pt"))
+                 if p.name not in named]
+    return problems
 
 
 def _row(record: dict) -> dict:
