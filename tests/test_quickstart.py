@@ -10,19 +10,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The README's quick start (≤ 10 lines): maps of a batch, a loss on them, one backward.
-QUICKSTART = """\
-import torch
-import torch.nn.functional as F
-from torchvision.models import resnet18
-from batchcam import batch_cam
+def _readme_quickstart() -> str:
+    """The first ``python`` block of the README's library section, exactly as a reader copies it."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The library in ten lines"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
-model = resnet18(num_classes=10)                             # random weights; any CNN classifier
-images, labels = torch.rand(8, 3, 64, 64), torch.randint(0, 10, (8,))
-maps, logits = batch_cam(model, images, "layer4", labels, create_graph=True, return_logits=True)
-loss = F.cross_entropy(logits, labels) + 0.1 * maps.mean()   # maps [8, 64, 64] in [0, 1], differentiable
-loss.backward()                                              # through the maps too (double backprop)
-"""
+
+#: The README's quick start (≤ 10 lines): maps of a batch, a loss on them, one backward.
+QUICKSTART = _readme_quickstart()
 
 EXTRAS = ("torchvision", "timm", "matplotlib", "ipywidgets", "torchmetrics", "tqdm", "scipy")
 
