@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 __all__ = ["subplots", "image_grid", "cam_overlays", "reconstruction_rows", "protocol_diagram", "timing_plot",
-           "history_plot", "overlay", "book_style", "objective_color", "OBJECTIVE_COLORS", "CAM_CMAP", "DPI",
-           "MAX_WIDTH", "FONT_SIZE"]
+           "history_plot", "false_positive_plot", "overlay", "book_style", "objective_color", "OBJECTIVE_COLORS",
+           "CAM_CMAP", "DPI", "MAX_WIDTH", "FONT_SIZE"]
 
 #: Resolution of every figure, hence of the PNGs stored in the notebooks.
 DPI = 150
@@ -297,4 +297,34 @@ def history_plot(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str]
         ax.set_xlabel("epoch"), ax.set_title(key.replace("_", " "), fontsize=TITLE_SIZE)
         ax.grid(True, alpha=0.3)
     axes[0, 0].legend(fontsize=FONT_SIZE)
+    return fig
+
+
+@_styled
+def false_positive_plot(rates: Mapping[tuple[str, int], float], trials: int, nominal: float = 0.05) -> Figure:
+    """How often each decision rule says "supported" for two groups drawn from one distribution, by group
+    size n (chapter 6's figure of false positives). ``rates``: ``{(rule label, n): fraction}``, e.g. from
+    ``batchcam.stats.simulate_false_positive_rate``; ``trials``: the experiments behind each rate. Bars in
+    percent, grouped by n, with the Monte-Carlo 95 % Wilson interval of each rate, its value printed above
+    it, and a dashed line at the ``nominal`` level."""
+    rules, ns = list(dict.fromkeys(r for r, _ in rates)), sorted({n for _, n in rates})
+    fig, ax = subplots(figsize=(5.5, 3.2), layout="constrained")
+    width, z2 = 0.8 / len(rules), 1.96 ** 2
+    for i, rule in enumerate(rules):
+        pos = [j for j, n in enumerate(ns) if (rule, n) in rates]
+        p = np.array([rates[rule, ns[j]] for j in pos])
+        centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)  # Wilson score interval
+        half = np.sqrt(z2 * p * (1 - p) / trials + z2 ** 2 / (4 * trials ** 2)) / (1 + z2 / trials)
+        lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        xs = np.array(pos) + (i - (len(rules) - 1) / 2) * width
+        ax.bar(xs, 100 * p, width * 0.9, color=_CYCLE[i], label=rule,
+               yerr=100 * np.array([p - np.minimum(lo, p), np.maximum(hi, p) - p]), capsize=3)
+        for x, v, top in zip(xs, p, hi):
+            ax.text(x, 100 * top + 0.3, f"{100 * v:.1f} %", ha="center", va="bottom", fontsize=FONT_SIZE)
+    ax.axhline(100 * nominal, color="black", linestyle="--", linewidth=1, label=f"nominal {100 * nominal:g} %")
+    ax.set_xticks(range(len(ns)), [f"n = {n} per group" for n in ns])
+    ax.set_ylabel('"supported" with no true effect (%)')
+    ax.set_ylim(0, max(100 * nominal, 100 * max(rates.values())) * 1.3)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=FONT_SIZE, loc="upper right")
     return fig
