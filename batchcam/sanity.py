@@ -120,7 +120,8 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, layer: Union
 
     Returns:
         One dict per stage: ``stage``, ``layer`` (None for stage 0), ``spearman_mean``,
-        ``spearman_std``, ``ssim_mean``, ``ssim_std`` (over images; NaN correlations skipped),
+        ``spearman_std``, ``spearman_abs_mean`` (mean of |ρ|: a map that flips its ranking still counts as
+        dependent), ``ssim_mean``, ``ssim_std`` (over images; NaN correlations skipped),
         ``undefined`` (number of NaN correlations: constant maps), ``dead`` (share of all-zero
         maps), and ``maps`` [N, H, W] if ``keep_maps``.
     """
@@ -148,6 +149,7 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, layer: Union
         row = {"stage": stage, "layer": layers[stage - 1] if stage else None,
                "spearman_mean": ok.mean().item() if len(ok) else float("nan"),
                "spearman_std": ok.std(unbiased=False).item() if len(ok) else float("nan"),
+               "spearman_abs_mean": ok.abs().mean().item() if len(ok) else float("nan"),
                "ssim_mean": s.mean().item(), "ssim_std": s.std(unbiased=False).item(),
                "undefined": int(rho.isnan().sum()),
                "dead": (maps.flatten(1).amax(1) == 0).double().mean().item()}
