@@ -16,8 +16,8 @@ the problem and the fix, without a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 import os
 import shlex
 import sys

@@ -99,7 +99,7 @@ def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor
     x, maps, t = _check(images, maps, targets)
     if baseline not in BASELINES or steps < 1:
         raise ValueError(f"need baseline in {BASELINES} and steps ≥ 1, got {baseline!r}, {steps}")
-    (n, c, h, w), dev = x.shape, x.device
+    (n, _, h, w), dev = x.shape, x.device
     hw = h * w
     counts = torch.tensor([(s * hw) // steps for s in range(steps + 1)], device=dev)
     base = torch.zeros_like(x) if baseline == "zero" else gaussian_blur(x)

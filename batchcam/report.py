@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from .table import Table
 
-__all__ = ["beats", "fmt", "verdict", "mean_std", "seed_cell", "aggregate", "Table", "metric_table", "claims", "collapsed", "reconstruction_figure",
-           "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
+__all__ = ["beats", "fmt", "verdict", "mean_std", "seed_cell", "aggregate", "Table", "metric_table", "claims",
+           "collapsed", "reconstruction_figure", "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
 
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
 MIN_SEEDS, MIN_SUBSET, COLLAPSE, OVERHEAD_MAX = 3, 10_000, 0.5, 1.25
@@ -143,7 +143,8 @@ def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int
 
 def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
     """Cells where some seeds collapsed (≥ 50 % dead maps): ``"dataset/model/objective: k of n"``."""
-    return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds" for (ds, m, o), c in sorted(agg.items()) if c["collapsed"]]
+    return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds"
+            for (ds, m, o), c in sorted(agg.items()) if c["collapsed"]]
 
 
 def beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
@@ -180,7 +181,8 @@ def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
 
     ``bench``: chapter 3's benchmark as :func:`bench_ratios` returns it, ``{"batch_vs_loop": [(label,
     loop / batch, spread)], "train_overhead": [(label, loss step / ce step, spread)]}`` (or one number).
-    ``spurious``: chapter 8's verdict (``batchcam.spurious.spurious_verdict``), last. Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
+    ``spurious``: chapter 8's verdict (``batchcam.spurious.spurious_verdict``), last.
+    Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
     """
     out = []
     shown = [f"{name}: shown, not counted (ce {ce['n']} seed(s) {ce['scale']}; {objective} {c['n']} "

@@ -33,8 +33,8 @@ from ._helpers import atomic_write_bytes, atomic_write_json
 from .digest import RECORD_HASH_FIELD, canonical_sha256, record_hash_ok
 from .provenance import REPO, provenance
 
-__all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run", "load_record",
-           "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench",
+__all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run",
+           "load_record", "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench",
            "verify_records"]
 
 SCHEMA_VERSION = 2

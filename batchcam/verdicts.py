@@ -98,7 +98,8 @@ def _planning_sd(claim: Claim, dataset: str, objective: str, design: Mapping) ->
 def design_from(rows: Sequence[Mapping], lr: float = 2e-3) -> dict[str, float]:
     """The spread seen before the verdict runs (chapter 6's power analysis): for each dataset, loss objective
     and tested metric, the standard deviation of the per-seed differences objective − ce of the first
-    SimpleCNN grid (full data, 2 epochs, ``lr``, the paper's choices, three seeds). Keys ``dataset/objective/metric``."""
+    SimpleCNN grid (full data, 2 epochs, ``lr``, the paper's choices, three seeds).
+    Keys ``dataset/objective/metric``."""
     from .report import mean_std
 
     cells: dict[tuple, dict[int, Mapping]] = {}

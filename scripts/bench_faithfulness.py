@@ -9,8 +9,9 @@ The model is chapter 7's small SimpleCNN (``ce``, one epoch on 6 000 digits, cac
 ``--n-eager`` images only: it is the slow reference), the TorchScript inference copy
 (``inference_model(backend="jit")``, float32) and the ``torch.compile`` copy in bfloat16 (on all
 ``--n``). Each is timed once after a warm-up on 64 images; the AUCs of the fast copies are
-compared with the eager ones on the images both scored. The record goes to ``results/bench/faithfulness-<device>-<UTC>.json``
-with provenance and the load average when it started (an idle machine reads ~0).
+compared with the eager ones on the images both scored. The record goes to
+``results/bench/faithfulness-<device>-<UTC>.json`` with provenance and the load average when it
+started (an idle machine reads ~0).
 """
 
 from __future__ import annotations

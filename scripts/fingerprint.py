@@ -21,10 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from batchcam._helpers import atomic_write_json  # noqa: E402
 from batchcam.behaviour import code_key  # noqa: E402
 from batchcam.data import default_data_root  # noqa: E402
 from batchcam.provenance import code_hashes, git  # noqa: E402
-from batchcam._helpers import atomic_write_json  # noqa: E402
 
 TARGET = REPO / "results" / "behaviour.json"
 

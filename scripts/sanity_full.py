@@ -87,7 +87,7 @@ def data_randomisation(args) -> None:
                       "test_accuracy_permuted": perm_rec["final"]["accuracy"],
                       "spearman_mean": float(rho.mean()), "spearman_abs_mean": float(rho.abs().mean()),
                       "ssim_mean": float(sim["ssim"].mean()), "undefined": int(sim["spearman"].isnan().sum()),
-                      "run_ids": [true_rec["run_id"], perm_rec["run_id"]],
+                      "run_ids": {"true_labels": true_rec["run_id"], "permuted_labels": perm_rec["run_id"]},
                       "history_permuted": [{k: h[k] for k in ("epoch", "train_accuracy")}
                                            for h in perm_rec["history"]]}
             _write(args.out / f"data-randomisation-{dataset}-seed{seed}.json", record, args.force)

@@ -1,6 +1,5 @@
 """Tiny float64 models shared by the tests."""
 
-import torch
 from torch import nn
 
 

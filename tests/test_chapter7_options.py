@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _tiny import TinyCNN
+
 from batchcam.cam import batch_gradcam_with_logits
 from batchcam.config import LATER_FIELDS, TrainConfig
 from batchcam.data import TensorLoader

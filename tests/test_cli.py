@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import batchcam.cli as cli
-import batchcam.runner as runner
 import batchcam.results
+import batchcam.runner as runner
 import batchcam.train as T
 from batchcam.config import TrainConfig
 from batchcam.grid import paper_grid

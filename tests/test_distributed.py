@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from _tiny import TinyCNN
+
 from batchcam import distributed
 from batchcam.data import TensorLoader
 from batchcam.losses import OBJECTIVES, Objective, objective_loss

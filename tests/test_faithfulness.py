@@ -9,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from batchcam.faithfulness import (baseline_maps, deletion_insertion, gaussian_blur,
-                                   inference_model, noisy_linear_imputation, road)
+from batchcam.faithfulness import (
+    baseline_maps,
+    deletion_insertion,
+    gaussian_blur,
+    inference_model,
+    noisy_linear_imputation,
+    road,
+)
 
 trapezoid = getattr(np, "trapezoid", None) or np.trapz
 

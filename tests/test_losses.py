@@ -97,7 +97,7 @@ def test_objective_loss_equals_the_hand_written_objective(TinyNet, name, kind):
         torch.testing.assert_close(got[k].double(), want[k], rtol=2e-5, atol=1e-6, msg=k)
     torch.testing.assert_close(logits.double(), model(x), rtol=1e-5, atol=1e-6)
     assert logits.dtype == torch.float32
-    for p, (g_got, g_want) in zip(model.parameters(), zip(_grads(model, got["total"]), _grads(model, want["total"]))):
+    for g_got, g_want in zip(_grads(model, got["total"]), _grads(model, want["total"])):
         torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-7)
 
 
@@ -303,7 +303,8 @@ def test_reconstruction_meter_equals_a_slow_loop():
     maps = _rand(n, SIZE, SIZE, seed=13, dtype=torch.float32)
     maps[2] = 0
     maps[7] = 0  # two dead maps
-    images, protos = _rand(n, SIZE, SIZE, seed=14, dtype=torch.float32), _rand(c, SIZE, SIZE, seed=15, dtype=torch.float32)
+    images = _rand(n, SIZE, SIZE, seed=14, dtype=torch.float32)
+    protos = _rand(c, SIZE, SIZE, seed=15, dtype=torch.float32)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])
     dead = maps.flatten(1).amax(1) <= 0
     meter = ReconstructionMeter(protos)

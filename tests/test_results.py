@@ -31,7 +31,8 @@ def test_write_then_load_round_trip(tmp_path, make_record):
     assert path == tmp_path / f"{record['run_id']}.json"
     stored = R.load_record(path)
     assert set(R.REQUIRED_KEYS) <= set(stored) and stored["scale"] == "cpu-subset"
-    assert stored["tensors"]["sha256"] == hashlib.sha256((tmp_path / stored["tensors"]["file"]).read_bytes()).hexdigest()
+    stored_tensors = (tmp_path / stored["tensors"]["file"]).read_bytes()
+    assert stored["tensors"]["sha256"] == hashlib.sha256(stored_tensors).hexdigest()
     assert R.is_complete(record["run_id"], tmp_path)
     (row,) = R.load_runs(tmp_path)
     assert row["run_id"] == record["run_id"] and row["accuracy"] == 0.9 and row["dataset"] == "mnist"
@@ -202,7 +203,8 @@ def test_kill_9_during_force_leaves_the_old_record(tmp_path, make_record):
     R.write_run(record, tensors, tmp_path)
     new, new_tensors = make_record(final={"accuracy": 0.1}, seed_maps=5)
     (tmp_path / "new.pkl").write_bytes(pickle.dumps((new, new_tensors)))
-    code = _KILL_DURING_FORCE + (f"new, t = __import__('pickle').loads(open({str(tmp_path / 'new.pkl')!r}, 'rb').read())\n"
+    pkl = str(tmp_path / "new.pkl")
+    code = _KILL_DURING_FORCE + (f"new, t = __import__('pickle').loads(open({pkl!r}, 'rb').read())\n"
                                  f"R.write_run(new, t, {str(tmp_path)!r}, force=True)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO)
     assert proc.returncode == -9

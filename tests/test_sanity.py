@@ -8,8 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from batchcam.sanity import (cascading_randomization, compare_maps, randomization_layers,
-                             rank_average, reinitialize, spearman, ssim)
+from batchcam.sanity import (
+    cascading_randomization,
+    compare_maps,
+    randomization_layers,
+    rank_average,
+    reinitialize,
+    spearman,
+    ssim,
+)
 
 stats = pytest.importorskip("scipy.stats")
 

@@ -348,7 +348,8 @@ def test_page_reads_well(site, browser, page, width):
                  for o in info["overflow"] if o["content"]]
     for o in info["overflow"]:
         if not o["content"]:   # the theme's own layout (header, sidebars, prev/next footer)
-            warnings.warn(f"{page}.html at {vw} px: theme element cut off at the viewport edge: {o['what']}")
+            warnings.warn(f"{page}.html at {vw} px: theme element cut off at the viewport edge: {o['what']}",
+                          stacklevel=2)
     if info["pageScroll"] > 1:
         problems.append(f"the page scrolls sideways by {info['pageScroll']} px")
     link_problems, _ = _link_problems(info["links"], url, set(info["ids"]), site)
