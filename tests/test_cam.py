@@ -23,13 +23,7 @@ from batchcam.cam import (
 SIZES = {"simplecnn": 28, "resnet18": 28, "convnextv2_tiny": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches: one intra-op thread is faster than two, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small batches run faster on one thread
 
 
 @pytest.fixture(scope="module")

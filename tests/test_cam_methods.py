@@ -32,13 +32,7 @@ MODELS = {"simplecnn": ("features", 28), "resnet18": ("layer4", 96), "mobilenet_
 B, CLASSES = 2, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small float64 batches: one intra-op thread is faster than two (and far faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small batches run faster on one thread
 
 
 def _build(name):
