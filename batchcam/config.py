@@ -22,9 +22,11 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ._helpers import resolve_device, unknown_choice
-from .data import DATASETS, ORDERS
-from .losses import ALL_OBJECTIVES, CAM_NORMALIZE, DISTANCES, Objective
 from .cam import SampleMixingError, batch_gradcam_with_logits
+from .data import DATASETS, ORDERS
+from .decoy import DECOY_PATCHES
+from .losses import ALL_OBJECTIVES, CAM_NORMALIZE, DISTANCES, LAMBDA_RRR_INPUT, Objective
+from .methods import list_methods
 from .models import MODEL_SPECS, create_model, list_models
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "NUM_CLASSES", "SSIM_MIN_SIZE"]
@@ -38,10 +40,16 @@ NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples", 
 #: Fields added after the first records, with the value every older record had: at that value
 #: they stay out of the run id's hash, so older run ids (and their records) keep their names.
 LATER_FIELDS = {"decoy": "none", "prototype_source": "train", "lambda_rrr": 1.0, "stop_gradient": True,
-                "cam_normalize": "max", "n_val": 0, "order": "seed+epoch", "cam_method": "gradcam"}
+                "cam_normalize": "max", "n_val": 0, "order": "seed+epoch", "cam_method": "gradcam",
+                "decoy_patch": "ross4"}
+#: Fields that exist for one objective only: in its run ids always (so a later change of their default can
+#: never give two different runs one id), in no other run's hash.
+OBJECTIVE_FIELDS = {"lambda_rrr_input": "ce+rrr-input"}
 PROTOTYPE_SOURCES = ("train", "clean", "ce-maps")  # chapter 7
-DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 7); "test": the clean oracle
-CAM_METHODS = ("gradcam",)  # the losses' CAM method; batchcam.methods adds the others
+DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 8); "test": the clean oracle
+#: Objectives that penalise the known decoy patch (chapter 8's oracles): they need --decoy train+test.
+MASK_OBJECTIVES = ("ce+rrr", "ce+rrr-input")
+CAM_METHODS = tuple(list_methods())  # the losses' CAM method (batchcam.methods' registry at import)
 #: Ceilings of the sizes a run accepts (larger values are typos, or need more than one machine has).
 MAX_IMAGE_SIZE, MAX_BATCH_SIZE, MAX_EPOCHS = 512, 4096, 1000
 
@@ -91,6 +99,11 @@ class TrainConfig:
     order: str = _field("seed+epoch", "seeding of each epoch's data order: 'seed,epoch' gives independent "
                         "replicates across seeds; 'seed+epoch' is the first records' rule", ORDERS)
     cam_method: str = _field("gradcam", "CAM method of the maps the losses train on", CAM_METHODS)
+    decoy_patch: str = _field("ross4", "the decoy's patch (chapter 8): Ross et al.'s 4×4 grey level ('ross4'), an "
+                              "8×8 grey level ('grey8') or a class-specific 6×6 binary texture ('texture6')",
+                              tuple(DECOY_PATCHES))
+    lambda_rrr_input: float = _field(LAMBDA_RRR_INPUT, "weight of Ross et al.'s input-gradient penalty (objective "
+                                     "ce+rrr-input; [0, 1] inputs)")
     selected_on: str = _field("", "how each choice of the recipe was made, e.g. 'lr=val;lambda=design' "
                               "(provenance, not part of the run id)")
 
@@ -107,7 +120,7 @@ class TrainConfig:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
         for name in ("epochs", "lambda_proto", "lambda_batchcam", "weight_decay", "eval_cam_loop_samples",
-                     "eval_faithfulness_samples", "lambda_rrr"):
+                     "eval_faithfulness_samples", "lambda_rrr", "lambda_rrr_input"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value!r}")
@@ -123,8 +136,6 @@ class TrainConfig:
         if self.n_val and self.n_train is not None and self.n_train + self.n_val > SPLIT_SIZES["train"]:
             raise ValueError(f"--n-train {self.n_train} + --n-val {self.n_val} exceed the training split "
                              f"({SPLIT_SIZES['train']} images); lower one of them")
-        if self.n_val and self.decoy != "none":
-            raise ValueError("--n-val is not implemented with --decoy yet; leave --n-val out for decoy runs")
         for name, split in (("n_train", "train"), ("n_test", "test")):
             value, total = getattr(self, name), SPLIT_SIZES[split]
             if value is not None and value > total:
@@ -132,8 +143,14 @@ class TrainConfig:
                                  f"({total} images); use at most {total} or leave it out for all")
         if self.n_train is not None and self.n_train < 2:
             raise ValueError("--n-train must be ≥ 2 (BatchNorm needs two samples per batch)")
-        if self.objective == "ce+rrr" and self.decoy != "train+test":
-            raise ValueError("--objective ce+rrr penalises the decoy patch: it needs --decoy train+test")
+        if self.objective in MASK_OBJECTIVES and self.decoy != "train+test":
+            raise ValueError(f"--objective {self.objective} penalises the decoy patch: it needs --decoy train+test")
+        if self.objective == "ce+rrr-input" and world_size() > 1:
+            raise ValueError("--objective ce+rrr-input runs two forwards a step, which DistributedDataParallel "
+                             "does not support; run it without torchrun")
+        if self.decoy_patch != "ross4" and self.decoy == "none":
+            raise ValueError(f"--decoy-patch {self.decoy_patch} changes the decoy: use it with --decoy train+test "
+                             "or --decoy test")
         if self.prototype_source == "clean" and self.decoy != "train+test":
             raise ValueError("--prototype-source clean differs from 'train' only with --decoy train+test")
         if self.prototype_source != "train" and "proto" not in self.objective:
@@ -200,7 +217,8 @@ class TrainConfig:
         channels_last as they take effect), plus the device type. Hashed into :attr:`run_id`."""
         c = self.resolved()
         fields = {k: v for k, v in asdict(c).items()
-                  if k not in NOT_RESULT_FIELDS and (k not in LATER_FIELDS or v != LATER_FIELDS[k])}
+                  if k not in NOT_RESULT_FIELDS and (k not in LATER_FIELDS or v != LATER_FIELDS[k])
+                  and OBJECTIVE_FIELDS.get(k, c.objective) == c.objective}
         cuda = c.device_type == "cuda"
         fields.update(device_type=c.device_type, amp=bool(c.amp) and cuda,
                       channels_last=cuda if c.channels_last is None else bool(c.channels_last))
@@ -235,8 +253,9 @@ class TrainConfig:
                  "prototype_source": {"clean": "pclean", "ce-maps": "pcemaps"}.get(c.prototype_source),
                  "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
                  "cam_normalize": c.cam_normalize, "n_val": f"val{c.n_val}", "order": "ose",
-                 "cam_method": c.cam_method}
+                 "cam_method": c.cam_method, "decoy_patch": c.decoy_patch}
         parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v]
+        parts += [f"lri{c.lambda_rrr_input:g}"] * (c.objective == OBJECTIVE_FIELDS["lambda_rrr_input"])
         parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)
         parts += [f"ws{world_size()}"] * (world_size() > 1)
         return "-".join(parts + [c.device_type, self.config_hash])
@@ -245,7 +264,8 @@ class TrainConfig:
         """The :class:`~batchcam.losses.Objective` this config trains with."""
         return Objective.from_name(self.objective, self.distance, self.lambda_proto, self.lambda_batchcam,
                                    NUM_CLASSES, lambda_rrr=self.lambda_rrr, stop_gradient=self.stop_gradient,
-                                   normalize=self.cam_normalize, cam_method=self.cam_method)
+                                   normalize=self.cam_normalize, cam_method=self.cam_method,
+                                   lambda_rrr_input=self.lambda_rrr_input)
 
 
 def world_size() -> int:

@@ -183,32 +183,61 @@ def _blur_and_road(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, y: tor
 
 
 def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[int] = None,
-                  amp: bool = False) -> dict:
-    """What a model makes of the decoy patch (chapter 7); ``splits`` a ``batchcam.decoy.DecoySplits``.
+                  amp: bool = False, prototypes: Optional[torch.Tensor] = None) -> dict:
+    """What a model makes of the decoy patch (chapter 8); ``splits`` a ``batchcam.decoy.DecoySplits``.
 
-    Returns ``{"clean_accuracy"`` (on the clean test images), ``"relevance_mass"`` (mean share of
-    the true-class Grad-CAM map inside the patch, decoyed test images), ``"follows_patch"`` (share
-    of decoyed test images predicted as the class the patch's grey level stands for; 0.1 by chance),
-    plus ``splits.info`` (decoy seeds, SHA-256 of the decoyed arrays)``}``.
+    Three versions of the same test images: clean, with random-class patches (``splits.test``, the
+    run's test set) and with label-consistent patches at the same positions
+    (``batchcam.decoy.consistent_test``). Maps are the true-class Grad-CAM maps [N, S, S].
+
+    Returns:
+        ``"clean_accuracy"``, ``"random_accuracy"``, ``"consistent_accuracy"``; ``"reliance"`` =
+        consistent − random accuracy (≈ 0 for a model that ignores the patch, up to ≈ 0.9 for one that
+        reads only it); ``"relevance_mass"`` (mean share of the map inside the patch, random-class
+        images) and ``"relevance_mass_ratio"`` (that share over the patch's share of the area, per
+        image, then averaged: 1 = no preference) with its per-image ``"relevance_mass_ratio_std"`` and
+        ``"relevance_mass_ratio_ci95"`` ([low, high], normal interval of the mean over images), and
+        ``"relevance_mass_ratio_consistent"`` (the same on the label-consistent twin);
+        ``"follows_patch"`` (share of random-class images predicted as the patch's class; 0.1 by
+        chance); with ``prototypes`` [C, S, S] (the Prototype Loss's targets), ``"prototype_patch_ratio"``:
+        the same area-normalised mass of the true class's prototype inside each test image's patch,
+        averaged over the test images (so over the four corners in proportion to the test patches);
+        plus ``splits.info`` (decoy seeds, SHA-256 of the decoyed arrays).
     """
-    from .decoy import relevance_mass
+    from .decoy import consistent_test, relevance_mass, relevance_mass_ratio
 
     device = next(model.parameters()).device
     kw = dict(image_size=image_size, device=device, channels_last=_channels_last(model))
-    clean = TensorLoader(*splits.clean_test, EVAL_BATCH_SIZE, **kw)
-    decoyed = TensorLoader(*splits.test, EVAL_BATCH_SIZE, masks=splits.test_masks, **kw)
     grey = splits.test_grey_class.to(device)
-    correct, mass, follows, start = 0, 0.0, 0, 0
+    out, n = {}, len(splits.test[1])
     with eval_mode(model):
         with torch.no_grad(), bf16_autocast(device, amp):
-            for x, y in clean:
-                correct += int((model(x).argmax(1) == y).sum())
-        for x, y, m in decoyed:
-            with bf16_autocast(device, amp):
-                maps, logits = batch_gradcam_with_logits(model, x, layer, y)
-            mass += float(relevance_mass(maps.float(), m).sum())
-            follows += int((logits.argmax(1) == grey[start:start + len(y)]).sum())
-            start += len(y)
-    n = len(splits.test[1])
-    return {"clean_accuracy": correct / len(splits.clean_test[1]), "relevance_mass": mass / n,
-            "follows_patch": follows / n, **splits.info}
+            correct = sum(int((model(x).argmax(1) == y).sum())
+                          for x, y in TensorLoader(*splits.clean_test, EVAL_BATCH_SIZE, **kw))
+        for name, split in (("random", splits.test), ("consistent", consistent_test(splits))):
+            right, follows, mass, ratios, proto, start = 0, 0, 0.0, [], [], 0
+            for x, y, m in TensorLoader(*split, EVAL_BATCH_SIZE, masks=splits.test_masks, **kw):
+                with bf16_autocast(device, amp):
+                    maps, logits = batch_gradcam_with_logits(model, x, layer, y)
+                pred = logits.argmax(1)
+                right += int((pred == y).sum())
+                follows += int((pred == grey[start:start + len(y)]).sum())
+                mass += float(relevance_mass(maps.float(), m).sum())
+                ratios.append(relevance_mass_ratio(maps.float(), m).double().cpu())
+                if prototypes is not None and name == "random":
+                    proto.append(relevance_mass_ratio(prototypes.to(device).float()[y].clamp_min(0), m).double().cpu())
+                start += len(y)
+            r = torch.cat(ratios)
+            out[f"{name}_accuracy"] = right / n
+            if name == "random":
+                std = float(r.std()) if n > 1 else 0.0
+                half = 1.96 * std / n ** 0.5
+                out.update(relevance_mass=mass / n, follows_patch=follows / n, relevance_mass_ratio=float(r.mean()),
+                           relevance_mass_ratio_std=std,
+                           relevance_mass_ratio_ci95=[float(r.mean()) - half, float(r.mean()) + half])
+                if proto:
+                    out["prototype_patch_ratio"] = float(torch.cat(proto).mean())
+            else:
+                out["relevance_mass_ratio_consistent"] = float(r.mean())
+    out["reliance"] = out["consistent_accuracy"] - out["random_accuracy"]
+    return {"clean_accuracy": correct / len(splits.clean_test[1]), **out, **splits.info}

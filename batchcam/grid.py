@@ -15,14 +15,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .config import TrainConfig
+from .config import LATER_FIELDS, TrainConfig
 from .data import DATASETS
 from .losses import OBJECTIVES
 from .results import is_complete
 
 __all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "ABLATIONS", "ABLATION_RECIPE", "DECOY_CELLS", "GRIDS", "paper_grid",
            "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant", "VERDICT_SEEDS", "VERDICT_PROTOCOL",
-           "SELECTED_ON", "LR_CANDIDATES", "TUNING_SEED", "tuning_grid", "select_lr", "verdict_grid"]
+           "SELECTED_ON", "LR_CANDIDATES", "TUNING_SEED", "tuning_grid", "select_lr", "verdict_grid",
+           "DECOY_CONTROL", "DECOY_VERDICT_CELLS", "DECOY_VERDICT_RECIPE", "decoy_verdict_grid", "decoy_verdict_cell"]
 
 GRID_MODELS = ("simplecnn", "resnet18", "convnextv2_tiny")
 
@@ -87,6 +88,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "stop-gradient=off": dict(stop_gradient=False),
     "normalisation=minmax": dict(cam_normalize="minmax"),
     "prototypes=ce maps": dict(prototype_source="ce-maps"),
+    # the losses with another CAM method (chapter 7's method rows: MNIST only, shown, not voted)
+    **{f"cam={m}": dict(cam_method=m) for m in ("hirescam", "gradcam-elementwise", "gradcam++", "xgradcam",
+                                                "layercam")},
 }
 #: The ablations keep the recipe of their first seed (lr 1e-3): the paper cells of that learning
 #: rate, recorded for three seeds, are their reference (``MODEL_DEFAULTS`` moved on to 2e-3).
@@ -121,7 +125,10 @@ def ablation_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DA
         for objective in objectives:
             if (objective == "ce") != name.startswith("layer="):
                 continue
-            configs += paper_grid(seeds, datasets, models, [objective], random_baseline=False,
+            sets = [d for d in datasets if d == "mnist"] if name.startswith("cam=") else datasets
+            if not sets:
+                continue
+            configs += paper_grid(seeds, sets, models, [objective], random_baseline=False,
                                   **{**ABLATION_RECIPE, **overrides, **fields})
     return sorted(configs, key=lambda c: (c.seed, c.dataset))  # a grid cut short has whole seeds
 
@@ -139,12 +146,25 @@ DECOY_CELLS: dict[str, dict[str, Any]] = {
 }
 
 
+def _getter(config: Any):
+    """``get(field)`` of a configuration or a ``load_runs`` row; a field a record predates reads as its
+    :data:`~batchcam.config.LATER_FIELDS` value (the value every older record had)."""
+    if isinstance(config, dict):
+        return lambda k: config.get(k, LATER_FIELDS.get(k))
+    return lambda k: getattr(config, k, LATER_FIELDS.get(k))
+
+
+#: What the first decoy grid held fixed: Ross's patch, no validation split, the first records' order.
+_FIRST_DECOY_PROTOCOL = dict(decoy_patch="ross4", n_val=0, order="seed+epoch")
+
+
 def decoy_cell(config: Any) -> Optional[str]:
-    """The :data:`DECOY_CELLS` name of a configuration or ``load_runs`` row, None if not a decoy run
-    (chapter 7)."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    """The :data:`DECOY_CELLS` name of a configuration or ``load_runs`` row, None if not a run of that
+    grid (chapter 8): Ross's 4×4 patch, without a validation split, the first records' data order
+    (the runs of :func:`decoy_verdict_grid` belong to :func:`decoy_verdict_cell`)."""
+    get = _getter(config)
     for name, fields in DECOY_CELLS.items():
-        if all(get(k) == v for k, v in {"prototype_source": "train", **fields}.items()):
+        if all(get(k) == v for k, v in {"prototype_source": "train", **_FIRST_DECOY_PROTOCOL, **fields}.items()):
             return name
     return None
 
@@ -228,8 +248,65 @@ def verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[str] =
     return sorted(configs, key=lambda c: (c.seed, c.dataset))
 
 
+#: The positive control's patch (chapter 8): a fixed class-specific 6×6 binary texture in a random corner
+#: (``decoy.class_textures``). Calibration runs of ``ce`` (seed 0, 20 000 images, 2 epochs, batch 128, lr 2e-3,
+#: no validation split): reliance 0.673 on MNIST and 0.596 on Fashion-MNIST (consistent-patch accuracy
+#: 1.000 / 0.9996, random-patch 0.327 / 0.404), far above the 0.20 the control must clear; Ross's 4×4 grey
+#: patch gave 0.019 on MNIST (chapter 8's exploration), too little for a positive control.
+DECOY_CONTROL = "texture6"
+#: The decoy verdict grid's cells (chapter 8): name → ``TrainConfig`` fields. The positive control
+#: (``ce`` on :data:`DECOY_CONTROL`: the effect must exist), Ross's exact patch as a row, the oracles that
+#: use the true patch mask (Ross's input-gradient penalty, RRR-G, ``ce`` trained on clean images), and the
+#: paper's losses (L1) with prototypes from the decoyed training images.
+DECOY_VERDICT_CELLS: dict[str, dict[str, Any]] = {
+    "ce": dict(objective="ce", decoy="train+test", decoy_patch=DECOY_CONTROL),
+    "ce, Ross 4×4 grey": dict(objective="ce", decoy="train+test", decoy_patch="ross4"),
+    "oracle: ce+rrr-input": dict(objective="ce+rrr-input", decoy="train+test", decoy_patch=DECOY_CONTROL),
+    "oracle: ce+rrr (RRR-G)": dict(objective="ce+rrr", decoy="train+test", decoy_patch=DECOY_CONTROL),
+    "oracle: ce on clean images": dict(objective="ce", decoy="test", decoy_patch=DECOY_CONTROL),
+    **{o: dict(objective=o, decoy="train+test", decoy_patch=DECOY_CONTROL)
+       for o in ("ce+proto", "ce+batchcam", "ce+proto+batchcam")},
+}
+#: The decoy verdict grid's budget: the verdict protocol on 20 000 training images (2 epochs: SimpleCNN's).
+DECOY_VERDICT_RECIPE: dict[str, Any] = dict(n_train=20_000)
+
+
+def decoy_verdict_cell(config: Any) -> Optional[str]:
+    """The :data:`DECOY_VERDICT_CELLS` name of a configuration or ``load_runs`` row, None if not a run of
+    :func:`decoy_verdict_grid`'s protocol (validation split 6 000, order 'seed,epoch'); chapter 8."""
+    get = _getter(config)
+    protocol = {k: VERDICT_PROTOCOL[k] for k in ("n_val", "order")}
+    for name, fields in DECOY_VERDICT_CELLS.items():
+        if all(get(k) == v for k, v in {"prototype_source": "train", "distance": "l1", **protocol,
+                                           **fields}.items()):
+            return name
+    return None
+
+
+def decoy_verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[str] = DATASETS,
+                       models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
+                       random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
+    """Every :data:`DECOY_VERDICT_CELLS` cell × 10 seeds × both datasets at the verdict protocol
+    (:data:`VERDICT_PROTOCOL`), 20 000 training images, and the learning rate :func:`select_lr` chose on
+    validation (ValueError while the tuning runs are missing, as :func:`verdict_grid`); chapter 8.
+    ``objectives`` keeps the cells with those objectives; ``random_baseline`` is accepted and ignored.
+    Ordered seed → dataset, so a grid cut short has whole seeds."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    configs = []
+    for dataset in datasets:
+        fields = {**VERDICT_PROTOCOL, **DECOY_VERDICT_RECIPE, "selected_on": SELECTED_ON, **overrides}
+        fields["lr"] = overrides.get("lr") or select_lr(dataset, **{k: v for k, v in overrides.items()
+                                                                    if k in ("out_dir", "epochs", "batch_size")})[0]
+        for cell in DECOY_VERDICT_CELLS.values():
+            if objectives is None or cell["objective"] in objectives:
+                rest = {k: v for k, v in cell.items() if k != "objective"}
+                configs += paper_grid(seeds, [dataset], models or ("simplecnn",), [cell["objective"]],
+                                      random_baseline=False, **{**fields, **rest})
+    return sorted(configs, key=lambda c: (c.seed, c.dataset))
+
+
 GRIDS = {"paper": paper_grid, "ablations": ablation_grid, "decoy": decoy_grid, "tuning": tuning_grid,
-         "verdict": verdict_grid}
+         "verdict": verdict_grid, "decoy-verdict": decoy_verdict_grid}
 
 
 def pending(configs: Iterable[TrainConfig], root: Optional[str | Path] = None) -> list[TrainConfig]:

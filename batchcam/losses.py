@@ -18,15 +18,20 @@ from torch import nn
 from ._helpers import bf16_autocast, unknown_choice
 from ._ssim import ssim
 from .cam import batch_gradcam_with_logits
+from .rrr import input_gradient_penalty, rrr_input_loss
 
 __all__ = ["DISTANCES", "OBJECTIVES", "ALL_OBJECTIVES", "Objective", "distance", "prototype_loss",
-           "batchcam_loss", "rrr_loss", "objective_loss"]
+           "batchcam_loss", "rrr_loss", "input_gradient_penalty", "objective_loss"]
 
 DISTANCES = ("l1", "l2", "ssim")
 OBJECTIVES = ("ce", "ce+proto", "ce+batchcam", "ce+proto+batchcam")  # the paper's
-#: Also ``ce+rrr``: a penalty on the map inside a known spurious region (chapter 7, Decoy-MNIST).
-ALL_OBJECTIVES = OBJECTIVES + ("ce+rrr",)
-CAM_TERMS = ("proto", "batchcam", "rrr")
+#: Also ``ce+rrr``: a penalty on the map inside a known spurious region (chapter 8, Decoy-MNIST), and
+#: ``ce+rrr-input``: Ross et al.'s penalty on the input gradients there (``batchcam.rrr``).
+ALL_OBJECTIVES = OBJECTIVES + ("ce+rrr", "ce+rrr-input")
+CAM_TERMS = ("proto", "batchcam", "rrr")  # the terms that need the Grad-CAM maps
+INPUT_TERMS = ("rrr-input",)  # the terms that need the gradient with respect to the input
+#: Default λ of ``ce+rrr-input`` for [0, 1] inputs (``TrainConfig.lambda_rrr_input``; ``batchcam.rrr`` says why).
+LAMBDA_RRR_INPUT = 10.0
 CAM_NORMALIZE = ("max", "minmax")
 
 #: ``reduce(sums [C, H, W], counts [C])`` sums both in place over processes (DDP); None: one process.
@@ -146,7 +151,8 @@ class Objective:
     @classmethod
     def from_name(cls, name: str, distance: str = "l1", lambda_proto: float = 1.0,
                   lambda_batchcam: float = 1.0, num_classes: int = 10, *, lambda_rrr: float = 1.0,
-                  stop_gradient: bool = True, normalize: str = "max", cam_method: str = "gradcam") -> "Objective":
+                  stop_gradient: bool = True, normalize: str = "max", cam_method: str = "gradcam",
+                  lambda_rrr_input: float = LAMBDA_RRR_INPUT) -> "Objective":
         """``Objective.from_name("ce+proto+batchcam", "ssim", 1.0, 0.3)``; names in ``ALL_OBJECTIVES``."""
         if name not in ALL_OBJECTIVES:
             raise unknown_choice("objective", name, ALL_OBJECTIVES)
@@ -154,7 +160,8 @@ class Objective:
             raise unknown_choice("distance", distance, DISTANCES)
         if normalize not in CAM_NORMALIZE:
             raise unknown_choice("normalize", normalize, CAM_NORMALIZE)
-        lam = {"proto": lambda_proto, "batchcam": lambda_batchcam, "rrr": lambda_rrr}
+        lam = {"proto": lambda_proto, "batchcam": lambda_batchcam, "rrr": lambda_rrr,
+               "rrr-input": lambda_rrr_input}
         terms = name.split("+")[1:]
         return cls(tuple((t, float(lam[t])) for t in terms), distance, num_classes, stop_gradient, normalize,
                    cam_method)
@@ -167,7 +174,12 @@ class Objective:
     @property
     def needs_cam(self) -> bool:
         """Whether a step must compute the differentiable maps (``create_graph=True``)."""
-        return bool(self.weights)
+        return any(t in CAM_TERMS for t, _ in self.weights)
+
+    @property
+    def needs_input_grad(self) -> bool:
+        """Whether a step differentiates with respect to the input (``ce+rrr-input``, chapter 8)."""
+        return any(t in INPUT_TERMS for t, _ in self.weights)
 
 
 def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -188,7 +200,7 @@ def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: t
         model: in train mode; x: images [B, 1, H, W] in [0, 1]; y: labels int64 [B].
         layer: the Grad-CAM layer (dotted name); prototypes: [C, H, W] on ``x``'s device.
         reduce: DDP sum of the Batch-CAM class means (:func:`class_means`).
-        masks: bool [B, H, W], the known spurious region of each sample (``ce+rrr`` only).
+        masks: bool [B, H, W], the known spurious region of each sample (``ce+rrr``, ``ce+rrr-input``).
     Returns:
         ``(terms, logits)``: scalar tensors ``"ce"``, one per CAM term and ``"total"``;
         logits [B, C] float32.
@@ -204,6 +216,10 @@ def objective_loss(objective: Objective, model: nn.Module, x: torch.Tensor, y: t
     terms = {"ce": F.cross_entropy(logits, y)}
     total = terms["ce"]
     for term, lam in objective.weights:
+        if term == "rrr-input":  # its own forward: batchcam.rrr
+            terms[term] = rrr_input_loss(model, x, masks, amp=amp)
+            total = total + lam * terms[term]
+            continue
         r = cam.float()
         if term == "proto":
             terms[term] = prototype_loss(r, prototypes, y, objective.distance)

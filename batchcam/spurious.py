@@ -18,18 +18,31 @@ accurate everywhere does not pass for one that ignores the patch.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .grid import DECOY_CELLS, decoy_cell
+from .grid import DECOY_CELLS, DECOY_VERDICT_CELLS, decoy_cell, decoy_verdict_cell
 from .report import RECIPE, beats, fmt, seed_cell, verdict
 from .table import Table
 
-__all__ = ["METRICS", "decoy_aggregate", "decoy_table", "spurious_verdict"]
+__all__ = ["METRICS", "VERDICT_METRICS", "decoy_aggregate", "decoy_table", "decoy_verdict_aggregate",
+           "decoy_verdict_table", "spurious_verdict"]
 
 #: (row key, column title, scale, digits) of the decoy table.
 METRICS = (("accuracy", "decoyed test acc. (%)", 100, 1), ("decoy_clean_accuracy", "clean test acc. (%)", 100, 1),
            ("shortcut_cost", "shortcut cost (points)", 100, 1), ("decoy_relevance_mass", "relevance mass (%)", 100, 1),
            ("decoy_follows_patch", "follows patch (%)", 100, 1), ("dead_fraction", "dead maps (%)", 100, 1))
+
+
+#: The decoy verdict grid's columns (``grid.DECOY_VERDICT_CELLS``): reliance (accuracy with label-consistent
+#: patches minus accuracy with random ones, same images and positions), the accuracies, the relevance mass
+#: over the patch's share of the area (1: no preference) and the same for the true class's prototype.
+VERDICT_METRICS = (("decoy_reliance", "reliance (points)", 100, 1),
+                   ("decoy_random_accuracy", "random-patch test acc. (%)", 100, 1),
+                   ("decoy_consistent_accuracy", "consistent-patch test acc. (%)", 100, 1),
+                   ("decoy_clean_accuracy", "clean test acc. (%)", 100, 1),
+                   ("decoy_relevance_mass_ratio", "relevance mass / area", 1, 2),
+                   ("decoy_prototype_patch_ratio", "prototype mass / area", 1, 2),
+                   ("dead_fraction", "dead maps (%)", 100, 1))
 
 
 def _value(row: Mapping, metric: str) -> Optional[float]:
@@ -39,29 +52,44 @@ def _value(row: Mapping, metric: str) -> Optional[float]:
     return row.get(metric)
 
 
-def decoy_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]:
+def decoy_aggregate(rows: Iterable[Mapping], cell_of: Callable[[Any], Optional[str]] = decoy_cell,
+                    metrics: tuple = METRICS) -> dict[tuple[str, str, str], dict]:
     """Mean ± std over seeds per (dataset, model, decoy cell), from ``results.load_runs()`` rows
     (chapter 8). Within a cell the seeds of one recipe (``report.RECIPE``) are averaged, the one
-    with most seeds. Cell: ``{"n", "votes", "run_ids", "scale", metric: (mean, std) or None}``."""
+    with most seeds. Cell: ``{"n", "votes", "run_ids", "scale", metric: (mean, std) or None}``.
+    ``cell_of`` names a row's cell (default: the first decoy grid's)."""
     cells: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        name = decoy_cell(r)
+        name = cell_of(r)
         if name is not None:
             cells[(r["dataset"], r["model"], name)][tuple(r.get(k) for k in RECIPE)].append(r)
     out = {}
     for key, recipes in cells.items():
         recipe, runs = max(recipes.items(), key=lambda kv: len(kv[1]))
-        out[key] = {**seed_cell(runs, [m for m, *_ in METRICS], _value), "recipe": recipe}
+        out[key] = {**seed_cell(runs, [m for m, *_ in metrics], _value), "recipe": recipe}
     return out
 
 
-def decoy_table(agg: Mapping[tuple, dict], caption: str = "") -> Table:
-    """One row per (dataset, model, cell) in ``DECOY_CELLS`` order: the metrics, seeds, scale (chapter 8)."""
-    order = {name: i for i, name in enumerate(DECOY_CELLS)}
-    rows = [[ds, model, name, *(fmt(c[m], digits, scale) for m, _, scale, digits in METRICS), c["n"],
+def decoy_table(agg: Mapping[tuple, dict], caption: str = "", cells: Iterable[str] = DECOY_CELLS,
+                metrics: tuple = METRICS) -> Table:
+    """One row per (dataset, model, cell) in ``cells`` order: the metrics, seeds, scale (chapter 8)."""
+    order = {name: i for i, name in enumerate(cells)}
+    rows = [[ds, model, name, *(fmt(c[m], digits, scale) for m, _, scale, digits in metrics), c["n"],
              c["scale"] + ("" if c["votes"] else ", not voted")]
             for (ds, model, name), c in sorted(agg.items(), key=lambda kv: (kv[0][:2], order[kv[0][2]]))]
-    return Table(["dataset", "model", "cell", *(t for _, t, _, _ in METRICS), "seeds", "scale"], rows, caption)
+    return Table(["dataset", "model", "cell", *(t for _, t, _, _ in metrics), "seeds", "scale"], rows, caption)
+
+
+def decoy_verdict_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]:
+    """:func:`decoy_aggregate` of the decoy verdict grid's runs (``grid.decoy_verdict_cell``) with
+    :data:`VERDICT_METRICS` (chapter 8)."""
+    return decoy_aggregate(rows, decoy_verdict_cell, VERDICT_METRICS)
+
+
+def decoy_verdict_table(agg: Mapping[tuple, dict], caption: str = "") -> Table:
+    """The decoy verdict grid's table, one row per (dataset, model, cell) in ``DECOY_VERDICT_CELLS`` order
+    (chapter 8)."""
+    return decoy_table(agg, caption, DECOY_VERDICT_CELLS, VERDICT_METRICS)
 
 
 def spurious_verdict(agg: Mapping[tuple, dict], objective: str = "ce+proto+batchcam") -> dict:

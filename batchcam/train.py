@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._helpers import atomic_torch_save, cudnn_autotune, set_seed
-from .config import NUM_CLASSES, TrainConfig
+from .config import MASK_OBJECTIVES, NUM_CLASSES, TrainConfig
 from .data import TensorLoader, load_split, split_validation
 from .decoy import load_decoy
 from .evaluate import clock, decoy_metrics, evaluate, faithfulness, time_gradcam
@@ -184,7 +184,8 @@ def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], t
         x, y = load_split(config.dataset, True, root=config.data_root)
         keep, _ = split_validation(y, config.n_val, NUM_CLASSES)
         if config.n_train:
-            keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(config.seed))[:config.n_train]]
+            order = torch.randperm(len(keep), generator=torch.Generator().manual_seed(config.seed))
+            keep = keep[order[:config.n_train]]
         train = x[keep], y[keep]
     else:
         train = load_split(config.dataset, True, root=config.data_root, n=config.n_train, seed=config.seed)
@@ -228,11 +229,12 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     set_seed(config.seed)
     decoy = None if config.decoy == "none" else load_decoy(
         config.dataset, config.decoy, root=config.data_root, n_train=config.n_train, n_test=config.n_test,
-        seed=config.seed)  # chapter 7
+        seed=config.seed, variant=config.decoy_patch, n_val=config.n_val)  # chapter 8
     if data is None:
         data = (decoy.train, decoy.test) if decoy else load_data(config)
     (train_x, train_y), (test_x, test_y) = data
-    val = load_validation(config)  # per-epoch evaluation; None: the test set (the first records' protocol)
+    # per-epoch evaluation; None: the test set (the first records' protocol). Decoy runs: decoyed like training
+    val = decoy.val if decoy else load_validation(config)
     source = decoy.clean_train if decoy and config.prototype_source == "clean" else (train_x, train_y)
     prototypes = ddp.from_main(lambda: class_prototypes(*source, NUM_CLASSES, size=config.image_size))
     prototypes = prototypes.to(device)
@@ -249,7 +251,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
                         image_size=config.image_size, device=device, channels_last=channels_last,
                         drop_last=ddp.drop_last(len(train_y), config.batch_size),  # BatchNorm needs B ≥ 2
                         order=config.order,
-                        **({"masks": decoy.train_masks} if config.objective == "ce+rrr" else {}))
+                        **({"masks": decoy.train_masks} if config.objective in MASK_OBJECTIVES else {}))
     objective = config.objective_spec()
     kw = dict(layer=config.layer, image_size=config.image_size, amp=amp)
     ev = None
@@ -282,7 +284,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
         ev["faithfulness"] = faithfulness(model, test_x, test_y, prototypes,
                                           n=config.eval_faithfulness_samples, **kw)
         if decoy is not None:
-            ev["decoy"] = decoy_metrics(model, decoy, **kw)
+            ev["decoy"] = decoy_metrics(model, decoy, prototypes=target, **kw)
     per_epoch = [row["train_time_s"] for row in history]
     timings = {"train_time_per_epoch_s": sum(per_epoch) / len(per_epoch) if per_epoch else None,
                "gradcam_batch_s": ev["gradcam_time_s"], "gradcam_batch_samples": ev["samples"],
@@ -307,7 +309,7 @@ def map_prototypes(config: TrainConfig, data, prototypes: torch.Tensor, world_si
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     teacher = replace(config, objective="ce", prototype_source="train",
                       **{k: defaults[k] for k in ("distance", "lambda_proto", "lambda_batchcam", "lambda_rrr",
-                                                  "stop_gradient", "cam_normalize")})
+                                                  "lambda_rrr_input", "stop_gradient", "cam_normalize")})
     ckpt = checkpoint_path(teacher)
     done = ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] + 1 >= teacher.epochs
     if not done:

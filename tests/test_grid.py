@@ -9,7 +9,7 @@ from batchcam.config import TrainConfig
 from batchcam.grid import ABLATIONS, GRIDS, ablation_grid, paper_grid, variant
 
 PAPER = {"lambda_proto": 1.0, "lambda_batchcam": 1.0, "distance": "l1", "layer": None, "stop_gradient": True,
-         "cam_normalize": "max", "prototype_source": "train"}
+         "cam_normalize": "max", "prototype_source": "train", "cam_method": "gradcam"}
 
 
 def test_the_paper_grid_has_every_cell_and_an_untrained_model_per_seed():
@@ -31,8 +31,8 @@ def test_each_ablation_changes_one_choice_of_the_paper_cell():
         assert (c.model, c.epochs, c.lr) == ("simplecnn", 2, 1e-3)  # the recipe of the first seed
         assert (c.objective == "ce") == variant(c).startswith("layer=")
     # 3 seeds x 2 datasets x (9 loss-weight, distance, stop-gradient, normalisation and prototype runs
-    # + ce's layer run)
-    assert len(configs) == 3 * 2 * 10 == len({c.run_id for c in configs})
+    # + ce's layer run), and 3 seeds x MNIST x the 5 other CAM methods
+    assert len(configs) == 3 * 2 * 10 + 3 * 5 == len({c.run_id for c in configs})
     assert [c.seed for c in configs] == sorted(c.seed for c in configs)
     paper_ids = {c.run_id for c in paper_grid()}
     assert not paper_ids & {c.run_id for c in configs}
@@ -62,11 +62,11 @@ def test_the_command_line_keeps_the_ablation_recipe(tmp_path):
 def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
     import batchcam.cli as cli
 
-    assert set(GRIDS) == {"paper", "ablations", "decoy", "tuning", "verdict"}
+    assert set(GRIDS) == {"paper", "ablations", "decoy", "tuning", "verdict", "decoy-verdict"}
     assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
                      "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("grid ablations: 10 runs") and "lp0.1-lb0.1" in out and "Lfeatures.9" in out
+    assert out.startswith("grid ablations: 15 runs") and "-hirescam-" in out and "lp0.1-lb0.1" in out and "Lfeatures.9" in out
     assert "-nosg-" in out and "-minmax-" in out and "-pcemaps-" in out
 
 
