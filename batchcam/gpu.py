@@ -4,7 +4,7 @@ yourself"; docs/colab_gpu.md gives the commands).
 
 ``python -m batchcam gpu-run --out OUT`` (``scripts/gpu_run.sh``): the ResNet-18 and ConvNeXt-V2 rows
 of the paper grid at the recipe of :data:`batchcam.plan.GPU_RECIPES`, seeds 0-2 of every cell before
-any seed 3, K runs at once (:mod:`batchcam.concurrent`). ``--plan`` prints what a session would run
+any seed 3, K runs at once (:mod:`batchcam.runpool`). ``--plan`` prints what a session would run
 and for how long, without a GPU (:mod:`batchcam.plan`); ``--calibrate`` measures the planner's prices
 on this device into ``results/bench/bench-calibration-<device>-<UTC>.json``; ``--dry-run-tiny`` runs
 the whole path on a tiny grid (the tests, on a CPU). ``python -m batchcam unpack OUT/records.tar.gz``
@@ -34,7 +34,6 @@ import torch
 from . import plan as planner
 from ._helpers import atomic_write_json, bf16_autocast, resolve_device
 from .archive import MAX_TOTAL_BYTES, add_unpack_arguments, run_unpack, unpack
-from .concurrent import RunPool, calibrate, describe, train_run
 from .config import NUM_CLASSES, TrainConfig
 from .grid import GRID_MODELS, paper_grid, pending
 from .launch import assume_cuda
@@ -42,6 +41,7 @@ from .losses import OBJECTIVES, objective_loss
 from .models import MODEL_SPECS, create_model, default_target_layer
 from .provenance import REPO, RESULT_FILES, code_hashes, git
 from .results import is_complete, results_root
+from .runpool import RunPool, calibrate, describe, train_run
 from .train import load_data  # noqa: F401 - the tests' no_work fixture patches it here
 
 __all__ = ["add_arguments", "run", "smoke_test", "dirty_result_files", "write_stamp", "matching_stamp", "unpack",

@@ -9,7 +9,7 @@ The cost model counts what a run does (training steps, the first run's warm-up, 
 each epoch and at the end, the per-image loop, the faithfulness scores) and prices each part from a
 measured run, the anchor (:data:`ANCHORS`: ResNet-18 on an H200, from its run records), scaled to other
 models and sizes by FLOPs or op counts (:func:`scale`) and to the device by the newest calibration
-record of that device (``gpu-run --calibrate``, :mod:`batchcam.concurrent`: measured steps and K
+record of that device (``gpu-run --calibrate``, :mod:`batchcam.runpool`: measured steps and K
 concurrent runs) or, without one, by a spec-sheet ratio (:data:`DEVICES`; the plan says
 "extrapolated"). The benchmark record (inference at 112 px) is shown beside it: training runs at an
 eighth of its throughput, so it cannot price runs by itself. Finished GPU run records of the same
@@ -125,7 +125,7 @@ CAM_STEP_RATIO = 1.2
 #: GRN are memory-bound and mostly outside the FLOP count (convolutions and matmuls); SimpleCNN's 32-64
 #: channels fill a GPU badly.
 MODEL_EFFICIENCY = {"resnet18": 1.0, "convnextv2_tiny": 0.5, "simplecnn": 0.25}
-#: Eager PyTorch ops (kernels; views left out) counted with :func:`batchcam.concurrent.count_ops` (AdamW
+#: Eager PyTorch ops (kernels; views left out) counted with :func:`batchcam.runpool.count_ops` (AdamW
 #: with ``foreach``, as on CUDA): (ce training step, CAM training step, forward, batch Grad-CAM in eval
 #: mode, one image of the per-image loop). On a GPU a small model waits for the CPU to launch them.
 STEP_OPS = {"simplecnn": (114, 193, 19, 49, 51), "resnet18": (442, 521, 87, 117, 119),

@@ -22,11 +22,11 @@ import torch
 import batchcam.cli as cli
 import batchcam.gpu
 import batchcam.plan as planner
-from batchcam.concurrent import measure_concurrency, train_run
 from batchcam.digest import canonical_sha256
 from batchcam.grid import paper_grid
 from batchcam.provenance import code_hashes
 from batchcam.results import is_complete, load_record, load_runs
+from batchcam.runpool import measure_concurrency, train_run
 
 REPO = Path(__file__).resolve().parent.parent
 HAVE_MNIST = all((REPO / "data" / "MNIST" / "raw" / f"{f}.gz").is_file()

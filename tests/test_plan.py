@@ -11,8 +11,8 @@ import torch
 
 import batchcam.plan as P
 from batchcam import cli
-from batchcam.concurrent import count_ops
 from batchcam.digest import canonical_sha256
+from batchcam.runpool import count_ops
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -283,7 +283,7 @@ def calibrate(device: torch.device, models: Sequence[str], recipe: str, amp: Any
     record = {"kind": "batchcam-calibration", "schema_version": 1, "device_key": key, "device_name": name,
               "amp_dtype": (amp if isinstance(amp, str) else "bf16") if amp else None, "recipe": recipe, "cases": cases,
               "concurrency": {m: {str(k): v for k, v in s.items()} for m, s in speedup.items()},
-              "best_k": best, "method": "time_forward / time_steps / measure_concurrency of batchcam.concurrent: "
+              "best_k": best, "method": "time_forward / time_steps / measure_concurrency of batchcam.runpool: "
               "random images, AdamW, channels_last and cudnn.benchmark on CUDA; medians (forward), mean step time "
               "over `seconds` after 3 warm-up steps (training); speedup = summed steps/s of k workers over one",
               "seconds": seconds, "provenance": provenance(device), "wall_s": time.perf_counter() - t0}
