@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ MASK_OBJECTIVES = ("ce+rrr", "ce+rrr-input")
 CAM_METHODS = tuple(list_methods())  # the losses' CAM method (batchcam.methods' registry at import)
 #: Ceilings of the sizes a run accepts (larger values are typos, or need more than one machine has).
 MAX_IMAGE_SIZE, MAX_BATCH_SIZE, MAX_EPOCHS = 512, 4096, 1000
+#: Free disk space a run needs for its checkpoint and record (ConvNeXt-V2's checkpoint is ~340 MB).
+MIN_FREE_BYTES = 512 * 2**20
 
 
 def _field(default: Any, help: str, choices: Optional[Sequence[str]] = None) -> Any:
@@ -196,6 +199,10 @@ class TrainConfig:
                                  f"after it in training, e.g. {MODEL_SPECS[config.model].target_layer!r}") from None
         for folder in (Path(config.out_dir) / "runs", Path(config.out_dir) / "checkpoints"):
             _check_writable(folder)
+            free = shutil.disk_usage(folder).free
+            if free < MIN_FREE_BYTES:  # checked before training, not after an hour of it
+                raise ValueError(f"only {free / 2**20:.0f} MiB free in {folder}; a run's checkpoints and record need "
+                                 f"{MIN_FREE_BYTES / 2**20:.0f} MiB: free some space or choose another --out-dir")
         return config
 
     def resolved(self) -> "TrainConfig":

@@ -137,8 +137,14 @@ def _save_checkpoint(path: Path, config: TrainConfig, model: nn.Module, optimize
 
 def _restore(path: Path, config: TrainConfig, model: nn.Module,
              optimizer: torch.optim.Optimizer) -> tuple[int, list]:
-    """Load a checkpoint into ``model`` and ``optimizer``; return (next epoch, history so far)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint into ``model`` and ``optimizer``; return (next epoch, history so far). A file that
+    does not load (truncated, not a checkpoint) raises ValueError naming it and the fix."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["config"], ckpt["epoch"]  # noqa: B018 - a checkpoint has both
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds for a damaged file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start this run "
+                         "from scratch") from None
     saved = TrainConfig(**{**ckpt["config"], "device": config.device}).result_fields()
     now = config.result_fields()
     diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}

@@ -224,3 +224,23 @@ def test_every_config_field_is_a_flag():
 def test_no_command_prints_help_and_exits_2(capsys):
     assert cli.main([]) == 2
     assert "train" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, usage_error, tiny_config, fake_data):
+    from batchcam.train import checkpoint_path
+
+    config = tiny_config()
+    ckpt = checkpoint_path(config.resolved())
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"cannot be read .*delete it"):
+        T.fit(config, resume=True, progress=False)
+
+
+def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch, usage_error):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    usage_error(["train", "--out-dir", str(tmp_path), "--epochs", "1"], "MiB free", "--out-dir")
