@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Optional
 
-__all__ = ["RECORD_HASH_FIELD", "canonical_bytes", "canonical_sha256", "record_hash_ok"]
+__all__ = ["RECORD_HASH_FIELD", "canonical_bytes", "canonical_sha256", "record_hash_ok", "with_hash"]
 
 RECORD_HASH_FIELD = "record_sha256"
 
@@ -27,6 +27,13 @@ def canonical_bytes(record: dict) -> bytes:
 def canonical_sha256(record: dict) -> str:
     """Hex SHA-256 of :func:`canonical_bytes`: the value of a record's ``record_sha256`` (chapter 6)."""
     return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def with_hash(record: dict) -> dict:
+    """``record`` without any old ``record_sha256`` and with the one of its content, last (chapter 6): what
+    every record writer stores."""
+    body = {k: v for k, v in record.items() if k != RECORD_HASH_FIELD}
+    return {**body, RECORD_HASH_FIELD: canonical_sha256(body)}
 
 
 def record_hash_ok(record: dict) -> Optional[bool]:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ._helpers import atomic_write_bytes, atomic_write_json
-from .digest import RECORD_HASH_FIELD, canonical_sha256, record_hash_ok
+from .digest import RECORD_HASH_FIELD, record_hash_ok, with_hash
 from .provenance import REPO, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run",
@@ -123,8 +123,7 @@ def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[Pat
                                     "dtype": "float16", "sha256": digest,
                                     "stored_size": min(next(iter(tensors.values())).shape[-1],
                                                        MAX_STORED_SIZE)}}
-    record.pop(RECORD_HASH_FIELD, None)
-    record[RECORD_HASH_FIELD] = canonical_sha256(record)
+    record = with_hash(record)
     validate_record(record)
     tensors_path = atomic_write_bytes(root / record["tensors"]["file"], data)
     tmp = _fsynced_temp(root, f"{run_id}.json", (json.dumps(record, indent=1) + "\n").encode())
@@ -358,8 +357,7 @@ def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
     if path.exists() and not force:
         raise RecordExistsError(f"benchmark record {path} already exists; pass --force to replace it")
     _finite({k: v for k, v in record.items() if k != "provenance"}, "bench record")
-    record = {k: v for k, v in record.items() if k != RECORD_HASH_FIELD}
-    return atomic_write_json(path, {**record, RECORD_HASH_FIELD: canonical_sha256(record)})
+    return atomic_write_json(path, with_hash(record))
 
 
 def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> Optional[dict]:

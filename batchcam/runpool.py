@@ -255,7 +255,7 @@ def calibrate(device: torch.device, models: Sequence[str], recipe: str, amp: Any
     ``log`` prints progress."""
     from . import plan as planner
     from ._helpers import atomic_write_json
-    from .digest import RECORD_HASH_FIELD, canonical_sha256
+    from .digest import with_hash
     from .provenance import provenance
     from .results import results_root
 
@@ -288,7 +288,7 @@ def calibrate(device: torch.device, models: Sequence[str], recipe: str, amp: Any
               "over `seconds` after 3 warm-up steps (training); speedup = summed steps/s of k workers over one",
               "seconds": seconds, "provenance": provenance(device), "wall_s": time.perf_counter() - t0}
     path = results_root("bench") / f"{planner.CALIBRATION_PREFIX}{key}-{stamp}.json"
-    return atomic_write_json(path, {**record, RECORD_HASH_FIELD: canonical_sha256(record)})
+    return atomic_write_json(path, with_hash(record))
 
 
 def count_ops(model: str, objective: str = "ce") -> int:

@@ -189,9 +189,8 @@ def build(rows: Sequence[Mapping], configs: Sequence[Any], *, design: Optional[M
 def write(content: Mapping, path: Optional[Path] = None) -> Path:
     """Write ``results/verdicts.json`` atomically with its ``record_sha256`` (chapter 6)."""
     from ._helpers import atomic_write_json
-    from .digest import RECORD_HASH_FIELD, canonical_sha256
+    from .digest import with_hash
     from .results import results_root
 
     path = Path(path) if path is not None else results_root("runs").parent / "verdicts.json"
-    body = {k: v for k, v in content.items() if k != RECORD_HASH_FIELD}
-    return atomic_write_json(path, {**body, RECORD_HASH_FIELD: canonical_sha256(body)})
+    return atomic_write_json(path, with_hash(dict(content)))

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from batchcam._helpers import atomic_write_json  # noqa: E402
-from batchcam.digest import RECORD_HASH_FIELD, canonical_sha256  # noqa: E402
+from batchcam.digest import RECORD_HASH_FIELD, canonical_sha256, with_hash  # noqa: E402
 
 
 def migrate(root: Path) -> tuple[int, int]:
@@ -33,8 +33,7 @@ def migrate(root: Path) -> tuple[int, int]:
                 sys.exit(f"{path}: record_sha256 does not match its content; not touching it")
             kept += 1
             continue
-        record[RECORD_HASH_FIELD] = canonical_sha256(record)
-        atomic_write_json(path, record)
+        atomic_write_json(path, with_hash(record))
         changed += 1
     return changed, kept
 

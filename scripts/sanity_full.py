@@ -30,7 +30,7 @@ from batchcam import grid, sanity  # noqa: E402
 from batchcam._helpers import atomic_write_json  # noqa: E402
 from batchcam.cam import batch_gradcam  # noqa: E402
 from batchcam.data import load_split  # noqa: E402
-from batchcam.digest import canonical_sha256  # noqa: E402
+from batchcam.digest import with_hash  # noqa: E402
 from batchcam.provenance import provenance  # noqa: E402
 from batchcam.results import is_complete  # noqa: E402
 from batchcam.train import checkpoint_path, load_checkpoint  # noqa: E402
@@ -42,7 +42,7 @@ def _write(path: Path, record: dict, force: bool) -> bool:
         print(f"keep {path} (--force replaces it)")
         return False
     record = {**record, "provenance": provenance("cpu")}
-    atomic_write_json(path, {**record, "record_sha256": canonical_sha256(record)})
+    atomic_write_json(path, with_hash(record))
     print(f"wrote {path}")
     return True
 
