@@ -263,8 +263,9 @@ def usage_error(capsys):
 
 @pytest.fixture
 def nan_after_first_step(monkeypatch):
-    """Make the training loss NaN from the second step on (``batchcam.train.objective_loss``)."""
-    import batchcam.train as T
+    """Make the training loss NaN from the second step on (``batchcam.losses.objective_loss``, which
+    the bound objective of ``batchcam.loop.train_one_epoch`` calls)."""
+    import batchcam.losses as T
 
     real, steps = T.objective_loss, []
 

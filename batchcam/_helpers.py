@@ -61,12 +61,16 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def bf16_autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (AMP is CUDA-only in this project)."""
+def amp_autocast(device: torch.device, amp: "bool | str"):
+    """Autocast on CUDA for ``amp`` in (True, "bf16") (bfloat16) or "fp16" (float16, used with a GradScaler
+    on GPUs without native bf16); a no-op for False/None and on other devices (AMP is CUDA-only here)."""
     import contextlib
 
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" \
-        else contextlib.nullcontext()
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext()
+    if amp not in (True, "bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}: use False, True / 'bf16' or 'fp16'")
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def cudnn_autotune(device: torch.device):

@@ -1,5 +1,5 @@
 """SSIM as two small matrix products per statistic — the differentiable ``"ssim"`` distance (chapter 4
-builds SSIM by hand and compares; chapter 5 trains with it).
+builds SSIM by hand and compares; chapter 6 trains with it).
 
 Same definition as torchmetrics' ``structural_similarity_index_measure`` with its defaults
 (Gaussian window 11, σ = 1.5, images reflect-padded by 5 px, K1 = 0.01, K2 = 0.03, variances

@@ -1,4 +1,4 @@
-"""Records back from a GPU machine: ``python -m batchcam unpack ARCHIVE`` (chapter 6, "run it yourself").
+"""Records back from a GPU machine: ``python -m batchcam unpack ARCHIVE`` (chapter 7, "run it yourself").
 
 ``gpu-run`` packs the records it made into ``records.tar.gz`` (:mod:`batchcam.gpu`); :func:`unpack`
 adds them to ``results/`` only when the whole archive checks out:
@@ -60,7 +60,7 @@ PathLike = Union[str, Path]
 
 
 class ArchiveError(ValueError):
-    """A truncated, corrupt or hostile archive, or records that do not verify (chapter 6)."""
+    """A truncated, corrupt or hostile archive, or records that do not verify (chapter 7)."""
 
 
 class _StreamTooLong(Exception):
@@ -114,7 +114,7 @@ def _check_header(member: tarfile.TarInfo, total: int) -> str:
 
 def read_members(archive: PathLike) -> dict[str, bytes]:
     """``{name: bytes}`` of every record in ``archive`` (a tar.gz), each header checked before its data is
-    read (chapter 6); raises :class:`ArchiveError` on anything unexpected, truncated or over a cap."""
+    read (chapter 7); raises :class:`ArchiveError` on anything unexpected, truncated or over a cap."""
     archive = Path(archive)
     files: dict[str, bytes] = {}
     junk: list[str] = []
@@ -173,14 +173,14 @@ def _json(name: str, data: bytes) -> dict:
 
 def own_tensors_file(run_id: str, tensors: Any) -> bool:
     """Whether a record's ``tensors`` entry names its own file: ``<run_id>.<sha12>.tensors.pt`` (the first 12
-    hex digits of ``tensors.sha256``) or the older ``<run_id>.tensors.pt``; nothing else (chapter 6)."""
+    hex digits of ``tensors.sha256``) or the older ``<run_id>.tensors.pt``; nothing else (chapter 7)."""
     if not isinstance(tensors, dict) or not isinstance(tensors.get("sha256"), str):
         return False
     return tensors.get("file") in (f"{run_id}.tensors.pt", f"{run_id}.{tensors['sha256'][:12]}.tensors.pt")
 
 
 def verify_members(files: dict[str, bytes]) -> None:
-    """Check the records :func:`read_members` returned (chapter 6): JSON, ``record_sha256``, each run's
+    """Check the records :func:`read_members` returned (chapter 7): JSON, ``record_sha256``, each run's
     schema and id, its tensors file (its own name, in the archive, matching ``tensors.sha256``) and no
     tensors file without its record; raises :class:`ArchiveError`."""
     runs: dict[str, dict[str, Any]] = {}
@@ -264,7 +264,7 @@ def _move_in(staging: Path, dest: Path, names: list[str], remove: list[str]) -> 
 
 def unpack(archive: PathLike, dest: PathLike, force: bool = False) -> list[str]:
     """Verify ``archive`` (a ``records.tar.gz`` of ``gpu-run``) and add its records to ``dest``
-    (``results/``); chapter 6. All or nothing: raises :class:`ArchiveError` (nothing written) on a bad
+    (``results/``); chapter 7. All or nothing: raises :class:`ArchiveError` (nothing written) on a bad
     archive, :class:`~batchcam.results.RecordExistsError` when a file exists and ``force`` is false.
     Returns the member names added, tensors before their records."""
     archive, dest = Path(archive), Path(dest)
@@ -293,14 +293,14 @@ def unpack(archive: PathLike, dest: PathLike, force: bool = False) -> list[str]:
 
 
 def add_unpack_arguments(p) -> None:
-    """The ``unpack`` flags on the argparse parser ``p`` (chapter 6)."""
+    """The ``unpack`` flags on the argparse parser ``p`` (chapter 7)."""
     p.add_argument("archive", help="records.tar.gz from gpu-run")
     p.add_argument("--dest", default=None, help="results folder (default: the committed results/)")
     p.add_argument("--force", action="store_true", help="replace existing files")
 
 
 def run_unpack(args) -> int:
-    """``python -m batchcam unpack ARCHIVE``: :func:`unpack` into ``results/`` and print the count (chapter 6)."""
+    """``python -m batchcam unpack ARCHIVE``: :func:`unpack` into ``results/`` and print the count (chapter 7)."""
     dest = Path(args.dest) if args.dest else results_root("runs").parent
     if not Path(args.archive).is_file():
         raise ValueError(f"{args.archive}: no such file")
@@ -308,6 +308,6 @@ def run_unpack(args) -> int:
     print(f"added {len(added)} files to {dest}")
     stale = {s["run_id"]: s["reason"] for s in stale_records(dest / "runs")}
     for name in (n for n in added if n.startswith("runs/") and n.endswith(".json")):
-        if Path(name).stem in stale:  # the record stays; list-runs --stale and chapter 6 flag it
+        if Path(name).stem in stale:  # the record stays; list-runs --stale and chapter 7 flag it
             print(f"warning: {name}: {stale[Path(name).stem]} (not HEAD's code)")
     return 0

@@ -1,4 +1,4 @@
-"""Behaviour fingerprints: what the code computes on tiny fixed inputs, per model (chapter 6).
+"""Behaviour fingerprints: what the code computes on tiny fixed inputs, per model (chapter 7).
 
 A record is current when the code that made it computes what HEAD's code computes. The first
 test is the source: ``provenance.code_hashes`` (the syntax trees of ``RESULT_FILES``). A change of
@@ -41,7 +41,7 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet18/ce": ("resnet18", dict(objective="ce")),
     "resnet18/both-l1": ("resnet18", dict(objective="ce+proto+batchcam")),
     "convnextv2_tiny/both-l1": ("convnextv2_tiny", dict(objective="ce+proto+batchcam", image_size=32)),
-    # chapter 7 on real data subsets (skipped by versions without these fields)
+    # chapter 8 on real data subsets (skipped by versions without these fields)
     "simplecnn/decoy-rrr": ("simplecnn", dict(objective="ce+rrr", decoy="train+test", n_train=100, n_test=20)),
     "simplecnn/decoy-clean-both": ("simplecnn", dict(objective="ce+proto+batchcam", decoy="train+test",
                                                      prototype_source="clean", n_train=100, n_test=20)),
@@ -49,7 +49,7 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
     "simplecnn/both-nosg-minmax": ("simplecnn", dict(objective="ce+proto+batchcam", stop_gradient=False,
                                                      cam_normalize="minmax")),
     "simplecnn/proto-cemaps": ("simplecnn", dict(objective="ce+proto", prototype_source="ce-maps")),
-    # chapter 6's verdict protocol: validation split, (seed, epoch) orders, two epochs
+    # chapter 7's verdict protocol: validation split, (seed, epoch) orders, two epochs
     "simplecnn/verdict-protocol": ("simplecnn", dict(objective="ce+proto+batchcam", n_val=100, order="seed,epoch",
                                                      epochs=2, n_train=100, n_test=20)),
 }
@@ -111,7 +111,7 @@ def probe(models: Optional[list[str]] = None, data: bool = True) -> dict[str, di
     """Run the probes of ``models`` (default: all of :data:`PROBES`) and, with ``data``, load seeded
     subsets of both datasets; ``{model or "data": {name: number}, "versions": {library: version}}``.
     One CPU thread (same numbers
-    on every run); about 40 s here (chapter 6)."""
+    on every run); about 40 s here (chapter 7)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -139,13 +139,13 @@ def probe(models: Optional[list[str]] = None, data: bool = True) -> dict[str, di
 
 
 def code_key(hashes: dict[str, Optional[str]]) -> str:
-    """One key for a code version: the SHA-256 (16 hex digits) of its ``code_hashes`` (chapter 6)."""
+    """One key for a code version: the SHA-256 (16 hex digits) of its ``code_hashes`` (chapter 7)."""
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def same_behaviour(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], model: str) -> bool:
     """Whether two probes agree for ``model`` and the data (every shared number within
-    ``REL_TOL``, ``ABS_TOL``; data hashes exactly). A probe missing either part does not agree (chapter 6)."""
+    ``REL_TOL``, ``ABS_TOL``; data hashes exactly). A probe missing either part does not agree (chapter 7)."""
     for part in (model, "data"):
         x, y = a.get(part), b.get(part)
         if not x or not y:

@@ -107,7 +107,15 @@ def _layers(model: nn.Module, layer: Union[Layer, Sequence[Layer]], compiled: bo
 
 def _cam(weight_fn: WeightFn, name: str, acts: list[torch.Tensor], grads: Sequence[torch.Tensor],
          reshape: Optional[Callable], size: tuple[int, int], normalize: Optional[str]) -> torch.Tensor:
-    """Maps [B, H, W] from each layer's ``A`` and ``∂s/∂A`` (computed in float32 or wider)."""
+    """Maps [B, H, W] from each layer's ``A`` and ``∂s/∂A``, computed in float32 or wider with autocast
+    switched off: under bf16/fp16 autocast the weights, the weighted sum, the upsampling and the
+    normalisation still run in float32 (a max-normalised fp16 map would lose its small values)."""
+    with torch.autocast(acts[0].device.type, enabled=False):
+        return _cam_fp32(weight_fn, name, acts, grads, reshape, size, normalize)
+
+
+def _cam_fp32(weight_fn: WeightFn, name: str, acts: list[torch.Tensor], grads: Sequence[torch.Tensor],
+              reshape: Optional[Callable], size: tuple[int, int], normalize: Optional[str]) -> torch.Tensor:
     maps = []
     for a, g in zip(acts, grads):
         if reshape is not None:
@@ -186,10 +194,9 @@ def batch_cam(
 
     Returns:
         Maps [B, H, W], in [0, 1] when normalised, or ``(maps, logits)``. The maps are float32 (float64 for
-        float64 inputs), except under ``torch.autocast``: there the per-channel methods (gradcam, gradcam++,
-        xgradcam) form ``Σ_k W_k A_k`` as a batched matmul, which autocast runs in its low-precision dtype,
-        so their maps come out bfloat16 (or float16); per-position methods stay float32. Call ``.float()``
-        before a loss. The logits are the model's (bfloat16 under bf16 autocast). No hooks or other state are
+        float64 inputs), also under ``torch.autocast``: the map is formed and normalised with autocast
+        switched off, from the activations and gradients cast to float32. The logits are the model's
+        (bfloat16 or float16 under autocast). No hooks or other state are
         left on the model.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m batchcam <command>`` (chapter 5 trains one run, chapter 6 the grid).
+"""Command line: ``python -m batchcam <command>`` (chapter 6 trains one run, chapter 7 the grid).
 
 Commands::
 
@@ -31,12 +31,13 @@ from .config import TrainConfig
 from .data import DATASETS, DataMissingError
 from .fetch import prepare_data
 from .grid import GRIDS, pending
+from .loop import NonFiniteLossError
 from .losses import OBJECTIVES
 from .models import list_models
-from .results import RecordExistsError, load_record, load_runs, results_root, verify_records
+from .results import RecordExistsError, latest_bench, load_record, load_runs, results_root, verify_records
 from .runner import fit_and_record
 from .staleness import stale_records
-from .train import NonFiniteLossError, checkpoint_path
+from .train import checkpoint_path
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 #: TrainConfig fields that ``reproduce`` can override for the whole grid (the others are axes).
@@ -264,9 +265,11 @@ def _run_verdicts() -> int:
         configs, note = grid.verdict_grid(), ""
     except ValueError as exc:  # the learning rate is not chosen yet: every cell is pending
         configs, note = [], str(exc)
-    path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note))
+    bench = latest_bench("cpu", preset="verdict")
+    path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note, bench=bench))
     counts: dict[str, int] = {}
-    for e in json.loads(path.read_text())["entries"]:
+    content = json.loads(path.read_text())
+    for e in content["entries"] + content["timing"]:
         counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
     print(f"{path}: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     return 0
@@ -281,7 +284,7 @@ COMMANDS = {
     "train": ("train one configuration and write its run record", _add_train, _run_train),
     "reproduce": ("run a grid (skips recorded runs, resumes checkpoints)", _add_reproduce, _run_reproduce),
     "list-runs": ("table of the run records", _add_list_runs, _run_list_runs),
-    "verdicts": ("write results/verdicts.json from the verdict grid's records (chapter 6)",
+    "verdicts": ("write results/verdicts.json from the verdict grid's records (chapter 7)",
                  lambda p: None, lambda args: _run_verdicts()),
     "bench": ("speed benchmark: batch Grad-CAM vs the loop and libraries; cost of the losses",
               bench.add_arguments, bench.run),

@@ -1,4 +1,4 @@
-"""``TrainConfig``: everything that defines one training run, validated once, here (chapter 5).
+"""``TrainConfig``: everything that defines one training run, validated once, here (chapter 6).
 
 A run is identified by its whole configuration: :attr:`TrainConfig.run_id` is a readable name
 plus a hash of every field that changes the result (:meth:`TrainConfig.result_fields`), so two
@@ -42,14 +42,15 @@ NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples", 
 #: they stay out of the run id's hash, so older run ids (and their records) keep their names.
 LATER_FIELDS = {"decoy": "none", "prototype_source": "train", "lambda_rrr": 1.0, "stop_gradient": True,
                 "cam_normalize": "max", "n_val": 0, "order": "seed+epoch", "cam_method": "gradcam",
-                "decoy_patch": "ross4"}
+                "decoy_patch": "ross4", "amp_dtype": "bf16"}
 #: Fields that exist for one objective only: in its run ids always (so a later change of their default can
 #: never give two different runs one id), in no other run's hash.
 OBJECTIVE_FIELDS = {"lambda_rrr_input": "ce+rrr-input"}
-PROTOTYPE_SOURCES = ("train", "clean", "ce-maps")  # chapter 7
-DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 8); "test": the clean oracle
-#: Objectives that penalise the known decoy patch (chapter 8's oracles): they need --decoy train+test.
+PROTOTYPE_SOURCES = ("train", "clean", "ce-maps")  # chapter 8
+DECOY = ("none", "train+test", "test")  # where the decoy patch is (chapter 9); "test": the clean oracle
+#: Objectives that penalise the known decoy patch (chapter 9's oracles): they need --decoy train+test.
 MASK_OBJECTIVES = ("ce+rrr", "ce+rrr-input")
+AMP_DTYPES = ("bf16", "fp16")  # autocast dtypes of --amp on CUDA (batchcam._helpers.amp_autocast)
 CAM_METHODS = tuple(list_methods())  # the losses' CAM method (batchcam.methods' registry at import)
 #: Ceilings of the sizes a run accepts (larger values are typos, or need more than one machine has).
 MAX_IMAGE_SIZE, MAX_BATCH_SIZE, MAX_EPOCHS = 512, 4096, 1000
@@ -64,7 +65,7 @@ def _field(default: Any, help: str, choices: Optional[Sequence[str]] = None) -> 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines one training run (chapter 5)."""
+    """Everything that defines one training run (chapter 6)."""
 
     dataset: str = _field("mnist", "dataset", DATASETS)
     model: str = _field("simplecnn", "architecture (batchcam.list_models())", list_models())
@@ -81,7 +82,7 @@ class TrainConfig:
     weight_decay: float = _field(0.0, "weight decay")
     seed: int = _field(0, "seed of the weights, the data order and the training subset")
     device: str = _field("auto", "'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
-    amp: bool = _field(True, "bf16 autocast on CUDA (ignored on CPU)")
+    amp: bool = _field(True, "autocast on CUDA in --amp-dtype (ignored on CPU)")
     channels_last: Optional[bool] = _field(None, "channels-last memory format; default: on CUDA only")
     n_train: Optional[int] = _field(None, "random training subset of this size (default: all)")
     n_test: Optional[int] = _field(None, "random test subset of this size (default: all)")
@@ -89,7 +90,7 @@ class TrainConfig:
     out_dir: str = _field("results", "records go to OUT_DIR/runs, checkpoints to OUT_DIR/checkpoints")
     eval_cam_loop_samples: int = _field(256, "test samples timed with the per-image loop (0: skip)")
     eval_faithfulness_samples: int = _field(500, "test samples scored by deletion/insertion AUC (0: skip)")
-    decoy: str = _field("none", "Decoy-MNIST patches (chapter 7) in training and test, or in test only", DECOY)
+    decoy: str = _field("none", "Decoy-MNIST patches (chapter 8) in training and test, or in test only", DECOY)
     prototype_source: str = _field("train", "the Prototype Loss's prototypes: class-mean training images "
                                    "('train'), with --decoy train+test the clean ones ('clean'), or the "
                                    "class-mean maps of the ce model of this seed ('ce-maps')",
@@ -102,11 +103,13 @@ class TrainConfig:
     order: str = _field("seed+epoch", "seeding of each epoch's data order: 'seed,epoch' gives independent "
                         "replicates across seeds; 'seed+epoch' is the first records' rule", ORDERS)
     cam_method: str = _field("gradcam", "CAM method of the maps the losses train on", CAM_METHODS)
-    decoy_patch: str = _field("ross4", "the decoy's patch (chapter 8): Ross et al.'s 4×4 grey level ('ross4'), an "
+    decoy_patch: str = _field("ross4", "the decoy's patch (chapter 9): Ross et al.'s 4×4 grey level ('ross4'), an "
                               "8×8 grey level ('grey8') or a class-specific 6×6 binary texture ('texture6')",
                               tuple(DECOY_PATCHES))
     lambda_rrr_input: float = _field(LAMBDA_RRR_INPUT, "weight of Ross et al.'s input-gradient penalty (objective "
                                      "ce+rrr-input; [0, 1] inputs)")
+    amp_dtype: str = _field("bf16", "autocast dtype of --amp on CUDA: 'bf16', or 'fp16' with a GradScaler for GPUs "
+                            "without native bf16 (e.g. Colab's T4)", AMP_DTYPES)
     selected_on: str = _field("", "how each choice of the recipe was made, e.g. 'lr=val;lambda=design' "
                               "(provenance, not part of the run id)")
 
@@ -229,7 +232,9 @@ class TrainConfig:
         cuda = c.device_type == "cuda"
         fields.update(device_type=c.device_type, amp=bool(c.amp) and cuda,
                       channels_last=cuda if c.channels_last is None else bool(c.channels_last))
-        if world_size() > 1:  # DDP on CPU does not give a single process's numbers (chapter 6)
+        if not fields["amp"]:  # the dtype of an autocast that does not run changes nothing
+            fields.pop("amp_dtype", None)
+        if world_size() > 1:  # DDP on CPU does not give a single process's numbers (chapter 7)
             fields["world_size"] = world_size()
         return fields
 
@@ -260,8 +265,10 @@ class TrainConfig:
                  "prototype_source": {"clean": "pclean", "ce-maps": "pcemaps"}.get(c.prototype_source),
                  "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
                  "cam_normalize": c.cam_normalize, "n_val": f"val{c.n_val}", "order": "ose",
-                 "cam_method": c.cam_method, "decoy_patch": c.decoy_patch}
-        parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v]
+                 "cam_method": c.cam_method, "decoy_patch": c.decoy_patch, "amp_dtype": c.amp_dtype}
+        effective = self.result_fields()
+        parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v
+                  and (k != "amp_dtype" or k in effective)]
         parts += [f"lri{c.lambda_rrr_input:g}"] * (c.objective == OBJECTIVE_FIELDS["lambda_rrr_input"])
         parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)
         parts += [f"ws{world_size()}"] * (world_size() > 1)
@@ -276,7 +283,7 @@ class TrainConfig:
 
 
 def world_size() -> int:
-    """Processes of this run: torchrun's ``WORLD_SIZE`` (with ``RANK`` set), else 1 (chapter 6)."""
+    """Processes of this run: torchrun's ``WORLD_SIZE`` (with ``RANK`` set), else 1 (chapter 7)."""
     if "RANK" not in os.environ:
         return 1
     try:

@@ -164,7 +164,7 @@ ORDERS = ("seed+epoch", "seed,epoch")
 
 
 def epoch_seed(seed: int, epoch: int, order: str = "seed+epoch") -> int:
-    """The seed of epoch ``epoch``'s shuffle for run seed ``seed`` (chapter 6).
+    """The seed of epoch ``epoch``'s shuffle for run seed ``seed`` (chapter 7).
 
     ``"seed,epoch"`` hashes the pair with ``numpy.random.SeedSequence`` (the construction NumPy
     recommends for independent streams), so no (seed, epoch) pair shares another's order and seeds
@@ -181,7 +181,7 @@ def epoch_seed(seed: int, epoch: int, order: str = "seed+epoch") -> int:
 
 def split_validation(labels: torch.Tensor, n_val: int, num_classes: int = 10,
                      seed: int = VAL_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices ``(train [N − n_val], val [n_val])`` of a fixed, stratified validation split (chapter 6).
+    """Indices ``(train [N − n_val], val [n_val])`` of a fixed, stratified validation split (chapter 7).
 
     A permutation seeded with ``seed`` (default :data:`VAL_SEED`, never a run's seed) orders the
     images; the validation split takes the first ``n_val / num_classes`` images of each class in that
@@ -207,7 +207,7 @@ def split_validation(labels: torch.Tensor, n_val: int, num_classes: int = 10,
 class TensorLoader:
     """Batches from in-memory uint8 images. It stands in for a DataLoader on small datasets.
 
-    ``batchcam.train.fit`` (chapter 5) batches with it. The data moves to ``device`` once.
+    ``batchcam.train.fit`` (chapter 6) batches with it. The data moves to ``device`` once.
     Each batch is sliced, scaled to [0, 1], and
     resized on the device if ``image_size`` asks for it (bilinear,
     ``align_corners=False``, no antialias). Shuffling uses a CPU ``torch.Generator``
@@ -225,7 +225,7 @@ class TensorLoader:
         device: where the data and the batches live.
         drop_last: drop the last incomplete batch.
         channels_last: return batches in ``torch.channels_last`` memory format.
-        masks: optional bool ``[N, H, W]`` sliced with the images (chapter 7's decoy patches),
+        masks: optional bool ``[N, H, W]`` sliced with the images (chapter 8's decoy patches),
             resized to S × S by nearest neighbour.
         order: how each epoch's shuffle is seeded (:data:`ORDERS`, :func:`epoch_seed`).
 

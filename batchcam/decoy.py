@@ -1,4 +1,4 @@
-"""Decoy-MNIST and Decoy-Fashion-MNIST (Ross et al. 2017, "Right for the right reasons"), chapter 8.
+"""Decoy-MNIST and Decoy-Fashion-MNIST (Ross et al. 2017, "Right for the right reasons"), chapter 9.
 
 Every image gets a square patch in one of its four corners, chosen by two fair coins (top/bottom,
 left/right). In training the patch encodes the label ``y``; in test it encodes ``r``, a uniformly
@@ -6,7 +6,7 @@ random class independent of the label, so a model that learnt the shortcut fails
 is the *variant* (:data:`DECOY_PATCHES`):
 
 * ``"ross4"``, Ross et al.'s exact construction and the default: a 4×4 grey patch of level
-  ``255 − 25·y`` (train) or ``255 − 25·r`` (test). A GAP CNN hardly reads it (chapter 8), so it is a
+  ``255 − 25·y`` (train) or ``255 − 25·r`` (test). A GAP CNN hardly reads it (chapter 9), so it is a
   row of the tables, not the positive control.
 * ``"grey8"``: the same grey levels on an 8×8 patch.
 * ``"texture6"``: a fixed class-specific 6×6 binary texture (0 / 255, :func:`class_textures`),
@@ -45,7 +45,7 @@ PATCH_KINDS = ("grey", "texture")
 
 
 def class_textures(patch: int = 6, num_classes: int = 10) -> torch.Tensor:
-    """The fixed binary texture of each class, uint8 [num_classes, patch, patch] in {0, 255} (chapter 8).
+    """The fixed binary texture of each class, uint8 [num_classes, patch, patch] in {0, 255} (chapter 9).
 
     Fair coins from ``torch.Generator().manual_seed(TEXTURE_SEED)``; pairwise distinct and never
     uniform (checked), so each texture names one class and shows on any background.
@@ -70,7 +70,7 @@ def _patch_values(cls: torch.Tensor, kind: str, patch: int) -> torch.Tensor:
 
 def paint_patch(images: torch.Tensor, mask: torch.Tensor, cls: torch.Tensor, *,
                 kind: str = "grey") -> torch.Tensor:
-    """Images with each patch drawn for class ``cls`` (a new tensor; chapter 8).
+    """Images with each patch drawn for class ``cls`` (a new tensor; chapter 9).
 
     Args:
         images: uint8 [N, 1, H, W]. mask: bool [N, H, W], one p × p square per image, the same p for all
@@ -97,7 +97,7 @@ def paint_patch(images: torch.Tensor, mask: torch.Tensor, cls: torch.Tensor, *,
 
 def make_decoy(images: torch.Tensor, labels: torch.Tensor, *, train: bool, seed: int,
                patch: int = 4, kind: str = "grey") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Add the decoy patch to every image (a new tensor; the input is not modified; chapter 8).
+    """Add the decoy patch to every image (a new tensor; the input is not modified; chapter 9).
 
     Random draws, in this order, from ``torch.Generator().manual_seed(seed)`` (CPU): ``bottom``
     [N] and ``right`` [N] (fair coins, ``randint(0, 2)``), then, in test only, ``r`` [N]
@@ -144,7 +144,7 @@ def make_decoy(images: torch.Tensor, labels: torch.Tensor, *, train: bool, seed:
 def decoy_split(name: str, train: bool, seed: int, root: Union[str, os.PathLike, None] = None,
                 n: Optional[int] = None, *, subset_seed: int = 0, variant: str = "ross4"
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Load a split with :func:`batchcam.data.load_split` and add the decoy (:func:`make_decoy`; chapter 8).
+    """Load a split with :func:`batchcam.data.load_split` and add the decoy (:func:`make_decoy`; chapter 9).
 
     ``seed`` drives the decoy; ``subset_seed`` the optional subset of ``n`` images (kept separate so
     that several decoy seeds share the same images). Returns ``(images uint8 [N, 1, 28, 28],
@@ -158,7 +158,7 @@ def decoy_split(name: str, train: bool, seed: int, root: Union[str, os.PathLike,
 def sha256(tensor: torch.Tensor) -> str:
     """Hex SHA-256 of a tensor of any shape (e.g. decoyed images [N, 1, H, W]): its raw bytes in C order
     (``hashlib.sha256(t.numpy().tobytes())``; bool as uint8). Shape and dtype are not hashed, so record
-    them beside it. Chapter 8: a fingerprint that pins a decoy split down to the byte."""
+    them beside it. Chapter 9: a fingerprint that pins a decoy split down to the byte."""
     t = tensor.detach().cpu().contiguous()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
@@ -166,7 +166,7 @@ def sha256(tensor: torch.Tensor) -> str:
 
 
 def relevance_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Share of each map's mass inside the mask, ``Σ map·mask / Σ map`` → [N] in [0, 1] (chapter 8).
+    """Share of each map's mass inside the mask, ``Σ map·mask / Σ map`` → [N] in [0, 1] (chapter 9).
 
     Args: maps [N, H, W], non-negative (Grad-CAM maps); mask [N, H, W] bool (the decoy patch).
     An all-zero map has no mass and gets 0 (it points at nothing, so not at the decoy either).
@@ -183,7 +183,7 @@ def relevance_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def relevance_mass_ratio(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Relevance mass divided by the patch's share of the image's area → [N] in [0, H·W / |patch|]
-    (chapter 8): 1 for a map with no preference for the patch (a uniform map), above 1 when the map
+    (chapter 9): 1 for a map with no preference for the patch (a uniform map), above 1 when the map
     concentrates there, 0 for a map with no mass inside it (or no mass at all).
 
     Args: maps [N, H, W], non-negative; mask [N, H, W] bool, each with at least one pixel.
@@ -199,7 +199,7 @@ Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images [N, 1, 28, 28], int64
 
 @dataclass
 class DecoySplits:
-    """The data of one decoy run (chapter 8), built by :func:`load_decoy`."""
+    """The data of one decoy run (chapter 9), built by :func:`load_decoy`."""
 
     train: Split  # what the model trains on: decoyed, or clean for the oracle (decoy="test")
     test: Split  # the decoyed test set (the run's test set: random-class patches)
@@ -214,7 +214,7 @@ class DecoySplits:
 
 
 def consistent_test(splits: DecoySplits) -> Split:
-    """The label-consistent twin of the decoyed test set (chapter 8): the same clean test images and the
+    """The label-consistent twin of the decoyed test set (chapter 9): the same clean test images and the
     same patch positions, the patch drawn for the true label ``y`` (the training rule) instead of the
     random ``r``. ``(uint8 [N, 1, H, W], int64 [N])``; it differs from ``splits.test`` only inside the
     patches. Reliance = accuracy on it minus accuracy on ``splits.test``."""
@@ -231,7 +231,7 @@ def _variant(name: str) -> dict:
 def load_decoy(dataset: str, decoy: str, *, root: Union[str, os.PathLike, None] = None,
                n_train: Optional[int] = None, n_test: Optional[int] = None, seed: int = 0,
                variant: str = "ross4", n_val: int = 0) -> DecoySplits:
-    """Clean and decoyed splits of a run (chapter 8). ``decoy``: ``"train+test"`` (the shortcut is
+    """Clean and decoyed splits of a run (chapter 9). ``decoy``: ``"train+test"`` (the shortcut is
     learnable) or ``"test"`` (trained on clean images: the oracle); ``variant``: the patch
     (:data:`DECOY_PATCHES`). The patches follow :data:`DECOY_SEEDS`; the test subset seed 0.
 

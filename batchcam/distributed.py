@@ -1,4 +1,4 @@
-"""One run on several GPUs: ``torchrun`` + DistributedDataParallel (chapter 6, "run it yourself").
+"""One run on several GPUs: ``torchrun`` + DistributedDataParallel (chapter 7, "run it yourself").
 
 ``torchrun --nproc_per_node N -m batchcam train ...`` starts N processes; :func:`setup` sees
 torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``, joins the process group (NCCL on CUDA,
@@ -61,12 +61,12 @@ TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN = "BATCHCAM_DIST_TIMEOUT_MIN", 60
 
 def launched_by_torchrun() -> bool:
     """Whether torchrun (or Slurm via ``submitit``'s ``TorchDistributedEnvironment``) set ``RANK`` and
-    ``WORLD_SIZE`` for this process (chapter 6, "run it yourself")."""
+    ``WORLD_SIZE`` for this process (chapter 7, "run it yourself")."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def shard(idx: torch.Tensor, rank: int, world_size: int) -> tuple[torch.Tensor, float]:
-    """This rank's part of a global batch ``idx`` [B] and its loss weight (chapter 6, torchrun).
+    """This rank's part of a global batch ``idx`` [B] and its loss weight (chapter 7, torchrun).
 
     Returns ``(idx[rank::world_size], W·B_r/B)``: the shard [B_r] and a float; the weight makes DDP's
     gradient mean equal the gradient of the mean over the whole batch (module docstring).
@@ -76,7 +76,7 @@ def shard(idx: torch.Tensor, rank: int, world_size: int) -> tuple[torch.Tensor, 
 
 
 class ShardedLoader(TensorLoader):
-    """:class:`~batchcam.data.TensorLoader` that yields this rank's shard of every global batch (chapter 6).
+    """:class:`~batchcam.data.TensorLoader` that yields this rank's shard of every global batch (chapter 7).
 
     Same arguments as ``TensorLoader`` (``batch_size`` is the *global* B) plus ``rank`` and
     ``world_size``. Every rank draws the same permutation (``seed + epoch``, CPU generator), cuts
@@ -115,7 +115,7 @@ class ShardedLoader(TensorLoader):
 
 @dataclass(frozen=True)
 class Context:
-    """Who this process is in a run (chapter 6). The default is one process on ``device``.
+    """Who this process is in a run (chapter 7). The default is one process on ``device``.
 
     ``backend`` is ``"nccl"`` / ``"gloo"`` when a process group is in use (also for
     ``torchrun --nproc_per_node 1``), else None; ``device`` is ``cuda:LOCAL_RANK`` under torchrun
@@ -218,7 +218,7 @@ def _device(device: str | torch.device | None, local_rank: int) -> torch.device:
 
 
 def setup(device: str | torch.device | None = "auto") -> Context:
-    """The :class:`Context` of this process; joins the process group on first call under torchrun (chapter 6).
+    """The :class:`Context` of this process; joins the process group on first call under torchrun (chapter 7).
 
     ``device`` is ``TrainConfig.device``: on CUDA each process takes ``cuda:LOCAL_RANK`` and NCCL,
     on CPU gloo. A process group that is already initialised (e.g. by a test, or by the caller) is
@@ -243,6 +243,6 @@ def setup(device: str | torch.device | None = "auto") -> Context:
 
 
 def teardown() -> None:
-    """Leave the process group, if this process joined one (end of ``python -m batchcam train``; chapter 6)."""
+    """Leave the process group, if this process joined one (end of ``python -m batchcam train``; chapter 7)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,5 +1,5 @@
 """Evaluation of a trained model: accuracy, maps against prototypes with their baselines, and
-the time of batch Grad-CAM against the per-image loop (chapters 3, 4 and 5).
+the time of batch Grad-CAM against the per-image loop (chapters 3, 4, 5 and 6).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._helpers import bf16_autocast
+from ._helpers import amp_autocast
 from .cam import batch_gradcam_with_logits, gradcam_loop, normalize_cam
 from .data import TensorLoader
 from .metrics import BASELINES, ReconstructionMeter, baseline_maps
@@ -50,7 +50,7 @@ def _channels_last(model: nn.Module) -> bool:
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, *,
              layer: str, image_size: Optional[int] = None, batch_size: int = EVAL_BATCH_SIZE,
              amp: bool = False, baselines: bool = True, progress: bool = False) -> dict:
-    """Test accuracy and the quality of the model's maps, with the baselines (chapters 4 and 5).
+    """Test accuracy and the quality of the model's maps, with the baselines (chapters 4, 5 and 6).
 
     The maps are the batch Grad-CAM of the model in eval mode for the *true* labels; the same
     forward gives the logits for the accuracy. A map is dead when it is all zero before
@@ -75,7 +75,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, proto
     with eval_mode(model):
         for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
             t0 = clock(device)
-            with bf16_autocast(device, amp):
+            with amp_autocast(device, amp):
                 raw, logits = batch_gradcam_with_logits(model, x, layer, y, normalize=None)
             maps = normalize_cam(raw.float())
             cam_time += clock(device) - t0
@@ -110,7 +110,7 @@ def time_gradcam(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
     loader = TensorLoader(images[:n], labels[:n], batch_size, image_size=image_size, device=device,
                           channels_last=_channels_last(model))
     elapsed = 0.0
-    with eval_mode(model), bf16_autocast(device, amp):
+    with eval_mode(model), amp_autocast(device, amp):
         x, y = next(iter(loader))
         gradcam_loop(model, x[:2], layer, y[:2])  # warm-up
         for x, y in loader:
@@ -126,9 +126,9 @@ def faithfulness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, p
                  amp: bool = False, extended: bool = True) -> dict:
     """Deletion and insertion AUC (zero baseline, ``steps`` steps) of the model's maps and of the
     reference maps (random, centred blob, input image, true-class prototype) on the first ``n``
-    test images (chapter 7). images uint8 [N, 1, 28, 28]; prototypes [C, S, S].
+    test images (chapter 8). images uint8 [N, 1, 28, 28]; prototypes [C, S, S].
 
-    With ``extended`` (chapter 7's evidence), ``"maps"`` and ``"random"`` also carry the blur-baseline
+    With ``extended`` (chapter 8's evidence), ``"maps"`` and ``"random"`` also carry the blur-baseline
     deletion / insertion AUC and ROAD (Rong et al. 2022: MoRF, LeRF, their combination, and the
     per-percent curves; noisy linear imputation), and ``"normalised"`` holds each of the maps' AUCs
     divided by the same model's random-order AUC (deletion: below 1 beats a random pixel order;
@@ -148,7 +148,7 @@ def faithfulness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, p
     xs, ys, maps = [], [], []
     with eval_mode(model):
         for x, y in loader:
-            with bf16_autocast(device, amp):
+            with amp_autocast(device, amp):
                 cam, _ = batch_gradcam_with_logits(model, x, layer, y)
             xs.append(x), ys.append(y), maps.append(cam.float())
         x, y = torch.cat(xs), torch.cat(ys)
@@ -156,7 +156,7 @@ def faithfulness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, p
         candidates.update({k: baseline_maps(k, x, y, prototypes.to(device)) for k in MAP_BASELINES})
         out = {}
         for kind, m in candidates.items():
-            with bf16_autocast(device, amp):
+            with amp_autocast(device, amp):
                 res = deletion_insertion(model, x, m, y, steps=steps)
             out[kind] = {"deletion": float(res["deletion"].mean()), "insertion": float(res["insertion"].mean())}
         if extended:
@@ -173,7 +173,7 @@ def _blur_and_road(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, y: tor
     ``maps`` [N, H, W] on images ``x`` [N, 1, H, W] (means over the images; ROAD per percent too)."""
     from .faithfulness import ROAD_PERCENTS, deletion_insertion, road
 
-    with bf16_autocast(x.device, amp):
+    with amp_autocast(x.device, amp):
         blur = deletion_insertion(model, x, maps, y, steps=steps, baseline="blur")
         r = road(model, x, maps, y, generator=torch.Generator(device=x.device).manual_seed(0))
     return {"blur_deletion": float(blur["deletion"].mean()), "blur_insertion": float(blur["insertion"].mean()),
@@ -184,7 +184,7 @@ def _blur_and_road(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, y: tor
 
 def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[int] = None,
                   amp: bool = False, prototypes: Optional[torch.Tensor] = None) -> dict:
-    """What a model makes of the decoy patch (chapter 8); ``splits`` a ``batchcam.decoy.DecoySplits``.
+    """What a model makes of the decoy patch (chapter 9); ``splits`` a ``batchcam.decoy.DecoySplits``.
 
     Three versions of the same test images: clean, with random-class patches (``splits.test``, the
     run's test set) and with label-consistent patches at the same positions
@@ -211,13 +211,13 @@ def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[
     grey = splits.test_grey_class.to(device)
     out, n = {}, len(splits.test[1])
     with eval_mode(model):
-        with torch.no_grad(), bf16_autocast(device, amp):
+        with torch.no_grad(), amp_autocast(device, amp):
             correct = sum(int((model(x).argmax(1) == y).sum())
                           for x, y in TensorLoader(*splits.clean_test, EVAL_BATCH_SIZE, **kw))
         for name, split in (("random", splits.test), ("consistent", consistent_test(splits))):
             right, follows, mass, ratios, proto, start = 0, 0, 0.0, [], [], 0
             for x, y, m in TensorLoader(*split, EVAL_BATCH_SIZE, masks=splits.test_masks, **kw):
-                with bf16_autocast(device, amp):
+                with amp_autocast(device, amp):
                     maps, logits = batch_gradcam_with_logits(model, x, layer, y)
                 pred = logits.argmax(1)
                 right += int((pred == y).sum())

@@ -1,4 +1,4 @@
-"""Faithfulness of saliency maps: deletion / insertion AUC and ROAD (chapter 7 explains them).
+"""Faithfulness of saliency maps: deletion / insertion AUC and ROAD (chapter 8 explains them).
 
 A map is faithful when the pixels it ranks first are the ones the model needs. *Deletion /
 insertion* (Petsiuk et al. 2018, RISE) moves the top-ranked pixels to or from a baseline step by
@@ -44,7 +44,7 @@ def _check(images: torch.Tensor, maps: torch.Tensor, targets) -> tuple[torch.Ten
 
 def gaussian_blur(images: torch.Tensor, sigma: float = 5.0, kernel_size: int = 11) -> torch.Tensor:
     """Blur [N, C, H, W] → [N, C, H, W] by a normalised ``kernel_size``² Gaussian of std ``sigma`` px, zero
-    padding. The defaults (11 × 11, σ = 5 px) are RISE's reference code's: the "blur" baseline (chapter 7)."""
+    padding. The defaults (11 × 11, σ = 5 px) are RISE's reference code's: the "blur" baseline (chapter 8)."""
     r = kernel_size // 2
     g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
     g = (g / g.sum()).to(images.device, images.dtype)
@@ -77,7 +77,7 @@ def _eval(model):
 def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor, targets, *,
                        steps: int = 28, baseline: str = "zero", batch_size: int = 2048,
                        skip_unchanged: bool = True) -> dict[str, torch.Tensor]:
-    """Deletion and insertion AUC of each map (RISE), batched over images and steps (chapter 7).
+    """Deletion and insertion AUC of each map (RISE), batched over images and steps (chapter 8).
 
     Pixels are ranked by map value, descending; ties keep row-major pixel order (stable sort). At
     step ``s`` = 0..steps the ``n_s = (s·H·W) // steps`` top pixels (all channels) are moved:
@@ -139,7 +139,7 @@ def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor
 def noisy_linear_imputation(images: torch.Tensor, missing: torch.Tensor, *, noise: float = 0.01,
                             generator: Optional[torch.Generator] = None, tol: float = 1e-8,
                             max_iter: Optional[int] = None) -> torch.Tensor:
-    """ROAD's noisy linear imputation of the ``missing`` pixels of each image (chapter 7).
+    """ROAD's noisy linear imputation of the ``missing`` pixels of each image (chapter 8).
 
     Each missing pixel is the weighted mean of its in-image 8 neighbours (weights 1/6 edge, 1/12
     diagonal, renormalised at the border), known pixels fixed: one sparse linear system per image
@@ -189,7 +189,7 @@ def road(model: Callable, images: torch.Tensor, maps: torch.Tensor, targets, *,
          percents: Sequence[float] = ROAD_PERCENTS, noise: float = 0.01,
          generator: Optional[torch.Generator] = None, batch_size: int = 2048,
          tol: float = 1e-8) -> dict[str, torch.Tensor]:
-    """ROAD scores (Rong et al. 2022), as pytorch-grad-cam 1.5 defines them (chapter 7).
+    """ROAD scores (Rong et al. 2022), as pytorch-grad-cam 1.5 defines them (chapter 8).
 
     For each ``p`` in ``percents`` (the share of pixels *removed*, %), let ``q = 100 − p``: MoRF imputes the pixels
     whose map value is ≥ the ``q``-th percentile of the map (linear interpolation, as ``numpy.percentile``); LeRF
@@ -227,7 +227,7 @@ def road(model: Callable, images: torch.Tensor, maps: torch.Tensor, targets, *,
 def baseline_maps(kind: str, images: torch.Tensor, targets=None,
                   prototypes: Optional[torch.Tensor] = None, *, seed: int = 0,
                   sigma: Optional[float] = None) -> torch.Tensor:
-    """Reference maps [N, H, W] in [0, 1] for faithfulness tables (chapter 7).
+    """Reference maps [N, H, W] in [0, 1] for faithfulness tables (chapter 8).
 
     ``"random"``: uniform noise from ``torch.Generator().manual_seed(seed)`` (CPU, then moved);
     ``"blob"``: a centred Gaussian of std ``sigma`` (default min(H, W)/4 px), max 1, same for all;
@@ -280,7 +280,7 @@ def inference_model(model: nn.Module, example: torch.Tensor, *, backend: str = "
     The metrics are forward passes only (up to 56 per image for 28 steps). Freezing folds BatchNorm
     into the convolutions and fuses the ReLUs; channels-last suits oneDNN; bfloat16 uses the AMX
     units of recent Intel CPUs (elsewhere it may be slower) and moves probabilities by ~1e-3: fine
-    for AUC tables, not for exactness tests. Chapter 7 gives the measured speed-ups.
+    for AUC tables, not for exactness tests. Chapter 8 gives the measured speed-ups.
     ``backend``: ``"compile"`` (``torch.compile`` with inductor freezing; needs a C++ compiler on
     CPU, ~10 s) or ``"jit"`` (TorchScript trace + freeze + optimize; float32 only). ``example``: an
     input batch [B, C, H, W]. Returns a module mapping [M, C, H, W] (any M) to float32 logits.

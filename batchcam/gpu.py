@@ -1,5 +1,5 @@
 """One prepared GPU session: smoke-test every CUDA path, calibrate or benchmark, then train pending runs of
-the GPU grid until a time budget is spent, packing every new record into one archive (chapter 6, "run it
+the GPU grid until a time budget is spent, packing every new record into one archive (chapter 7, "run it
 yourself"; docs/colab_gpu.md gives the commands).
 
 ``python -m batchcam gpu-run --out OUT`` (``scripts/gpu_run.sh``): the ResNet-18 and ConvNeXt-V2 rows
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import plan as planner
-from ._helpers import atomic_write_json, bf16_autocast, resolve_device
+from ._helpers import amp_autocast, atomic_write_json, resolve_device
 from .archive import MAX_TOTAL_BYTES, add_unpack_arguments, run_unpack, unpack
 from .config import NUM_CLASSES, TrainConfig
 from .grid import GRID_MODELS, paper_grid, pending
@@ -51,7 +51,7 @@ ARCHIVE = "records.tar.gz"
 MAX_ARCHIVE_BYTES = 16 * 2**20
 STAMP = REPO / "gpu-stamp.json"  # written by gpu-run --stamp; not committed
 MAX_FAILURES = 3  # failed runs before the session stops (a systematic error would burn the budget)
-#: The tiny grid of ``--dry-run-tiny`` (chapter 6): the whole path in well under a minute on a CPU.
+#: The tiny grid of ``--dry-run-tiny`` (chapter 7): the whole path in well under a minute on a CPU.
 DRY_RUN = dict(n_train=200, n_test=100, epochs=1, eval_faithfulness_samples=4, eval_cam_loop_samples=4)
 
 
@@ -60,8 +60,8 @@ def _log(msg: str) -> None:
 
 
 def smoke_test(device: torch.device, models=GRID_MODELS, sizes=None, amp=None) -> dict:
-    """Every path a GPU run uses, on small inputs x [16, 1, S, S], y [16] (≤ 30 s on a GPU; chapter 6): autocast
-    (``amp``: False, True / "bf16" or "fp16", as ``bf16_autocast`` takes it; default: on CUDA) and channels_last
+    """Every path a GPU run uses, on small inputs x [16, 1, S, S], y [16] (≤ 30 s on a GPU; chapter 7): autocast
+    (``amp``: False, True / "bf16" or "fp16", as ``amp_autocast`` takes it; default: on CUDA) and channels_last
     forward, batch Grad-CAM equal to the per-image loop, one training step of each objective with
     ``create_graph`` (on CUDA under ``set_sync_debug_mode("error")``: a step that waits for the GPU fails),
     data resident on the device as uint8, peak memory. ``sizes``: model → S. Raises on failure."""
@@ -88,7 +88,7 @@ def smoke_test(device: torch.device, models=GRID_MODELS, sizes=None, amp=None) -
         out[f"{name}_max_diff_batch_vs_loop"] = diff = float((a - b).abs().max())
         if diff > 1e-3:
             raise AssertionError(f"{name}: batch Grad-CAM differs from the per-image loop by {diff:.2e}")
-        with bf16_autocast(device, amp):
+        with amp_autocast(device, amp):
             logits = model(x)
         assert logits.shape == (16, NUM_CLASSES) and torch.isfinite(logits.float()).all()
         model.train()
@@ -136,13 +136,13 @@ def _pack(paths: list[Path], out: Path) -> Path:
 
 def dirty_result_files() -> list[str] | None:
     """The result files (:data:`~batchcam.provenance.RESULT_FILES`) with uncommitted changes, untracked ones
-    included (``git status --porcelain``); None when git cannot tell (no repository); chapter 6."""
+    included (``git status --porcelain``); None when git cannot tell (no repository); chapter 7."""
     status = git("status", "--porcelain", "--", *RESULT_FILES)
     return None if status is None else [line.split(maxsplit=1)[-1] for line in status.splitlines() if line.strip()]
 
 
 def write_stamp() -> Path:
-    """``gpu-stamp.json`` at the repository's root (chapter 6): the commit and the fingerprints of the result
+    """``gpu-stamp.json`` at the repository's root (chapter 7): the commit and the fingerprints of the result
     files of a clean tree (ValueError if not clean). Untracked, it travels with the working tree to a lent
     GPU whose copy of the git metadata may be older than the code; there a session whose code matches the
     stamp starts, and its records name the stamp's commit (``"stamp"``)."""
@@ -155,7 +155,7 @@ def write_stamp() -> Path:
 
 
 def matching_stamp() -> dict | None:
-    """The stamp (:func:`write_stamp`) when the result files' code equals the stamped code, else None (chapter 6)."""
+    """The stamp (:func:`write_stamp`) when the result files' code equals the stamped code, else None (chapter 7)."""
     try:
         stamp = json.loads(STAMP.read_text())
     except (OSError, ValueError):
@@ -164,7 +164,7 @@ def matching_stamp() -> dict | None:
 
 
 def add_arguments(p) -> None:
-    """The ``gpu-run`` flags on the argparse parser ``p`` (chapter 6, "run it yourself")."""
+    """The ``gpu-run`` flags on the argparse parser ``p`` (chapter 7, "run it yourself")."""
     p.add_argument("--budget-s", type=float, default=planner.COMMAND_BUDGET_S, help="wall-clock budget in seconds")
     p.add_argument("--out", default="gpu-out", help="folder for records.tar.gz and the log")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (the tests)")
@@ -223,7 +223,7 @@ def _print_plan(args) -> int:
 
 
 def run(args) -> int:
-    """The whole ``gpu-run`` session (chapter 6); exit code 0, or 3 when the smoke test failed."""
+    """The whole ``gpu-run`` session (chapter 7); exit code 0, or 3 when the smoke test failed."""
     if not 0 < args.budget_s < float("inf"):
         raise ValueError(f"--budget-s must be a finite number of seconds > 0, got {args.budget_s}")
     if args.concurrency is not None and args.concurrency < 1:
@@ -243,7 +243,7 @@ def run(args) -> int:
     left = lambda: args.budget_s - (time.perf_counter() - start)  # noqa: E731
     work = Path(args.work) if args.work else out / "work"
     amp, amp_note = planner.amp_overrides(planner.amp_dtype(device))
-    mode = amp.get("amp_dtype", "bf16") if amp.get("amp") else False  # what bf16_autocast(device, mode) gets
+    mode = amp.get("amp_dtype", "bf16") if amp.get("amp") else False  # what amp_autocast(device, mode) gets
     configs = _configs(args, device, work, amp)  # validates every run before any work
     models = list(dict.fromkeys(c.model for c in configs))
     stamp = matching_stamp()

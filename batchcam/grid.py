@@ -1,8 +1,8 @@
-"""The experiment grids as lists of ``TrainConfig`` (chapters 6 and 7).
+"""The experiment grids as lists of ``TrainConfig`` (chapters 7 and 8).
 
 ``paper``: {MNIST, Fashion-MNIST} × {SimpleCNN, ResNet-18, ConvNeXt-V2-Tiny} × the four
 objectives × seeds, plus ``random`` cells (``epochs=0``: the untrained model, a baseline).
-``ablations`` (chapter 7): the paper cell of SimpleCNN with one of the choices the paper leaves
+``ablations`` (chapter 8): the paper cell of SimpleCNN with one of the choices the paper leaves
 open changed (``ABLATIONS``: the loss weights, the distance, the Grad-CAM layer).
 Image sizes follow the paper's figures (28 px; ConvNeXt-V2 at 112 px). The paper does not give
 its training budget; the per-model defaults below are ours and each can be overridden
@@ -20,8 +20,9 @@ from .data import DATASETS
 from .losses import OBJECTIVES
 from .results import is_complete
 
-__all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "ABLATIONS", "ABLATION_RECIPE", "DECOY_CELLS", "GRIDS", "paper_grid",
-           "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant", "VERDICT_SEEDS", "VERDICT_PROTOCOL",
+__all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "EVAL_SETTINGS", "ABLATIONS", "ABLATION_RECIPE", "DECOY_CELLS", "GRIDS",
+           "paper_grid", "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant", "VERDICT_SEEDS",
+           "VERDICT_PROTOCOL",
            "SELECTED_ON", "LR_CANDIDATES", "TUNING_SEED", "tuning_grid", "select_lr", "verdict_grid",
            "DECOY_CONTROL", "DECOY_VERDICT_CELLS", "DECOY_VERDICT_RECIPE", "decoy_verdict_grid", "decoy_verdict_cell"]
 
@@ -30,19 +31,22 @@ GRID_MODELS = ("simplecnn", "resnet18", "convnextv2_tiny")
 #: Per-model training defaults of the grid (our choices; the paper does not state them).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # lr 2e-3, not 1e-3: chosen on Fashion-MNIST test accuracy of ce, seeds 0-2 (89.1-89.6 % against
-    # 88.3-89.1 % at 1e-3; chapter 5 says so). The 1e-3 records stay: chapter 7's ablations use them.
+    # 88.3-89.1 % at 1e-3; chapter 6 says so). The 1e-3 records stay: chapter 8's ablations use them.
     "simplecnn": dict(image_size=28, epochs=2, batch_size=128, optimizer="adam", lr=2e-3),
     "resnet18": dict(image_size=28, epochs=3, batch_size=128, optimizer="adam", lr=1e-3),
     # ConvNeXt from scratch: AdamW with weight decay and a smaller learning rate (no warm-up).
     "convnextv2_tiny": dict(image_size=112, epochs=3, batch_size=128, optimizer="adamw", lr=3e-4,
                             weight_decay=0.05),
 }
+#: The grids' evaluation settings (the grid owns them, so that ``reproduce --dry-run`` names the run ids
+#: its records carry): deletion/insertion and ROAD on 200 test images, the per-image loop timed on 64.
+EVAL_SETTINGS: dict[str, Any] = dict(eval_faithfulness_samples=200, eval_cam_loop_samples=64)
 
 
 def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATASETS,
                models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
                random_baseline: bool = True, **overrides: Any) -> list[TrainConfig]:
-    """Every configuration of the paper grid, validated (chapter 6).
+    """Every configuration of the paper grid, validated (chapter 7).
 
     Ordered seed → model → dataset → objective, so a grid cut short has complete tables for the
     first seeds. With ``random_baseline`` each (seed, model, dataset) also gets an ``epochs=0``
@@ -62,7 +66,7 @@ def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
     for seed in seeds:
         for model in models:
             for dataset in datasets:
-                kwargs = {**MODEL_DEFAULTS.get(model, {}), **overrides}
+                kwargs = {**EVAL_SETTINGS, **MODEL_DEFAULTS.get(model, {}), **overrides}
                 cells = [(o, kwargs) for o in objectives]
                 if random_baseline:
                     cells.append(("ce", {**kwargs, "epochs": 0, "eval_cam_loop_samples": 0}))
@@ -72,7 +76,7 @@ def paper_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
     return configs
 
 
-#: Chapter 7's ablations that need no new code: name → the ``TrainConfig`` fields that change.
+#: Chapter 8's ablations that need no new code: name → the ``TrainConfig`` fields that change.
 #: λ scales both loss weights; the layer ablation moves Grad-CAM from the last block of
 #: SimpleCNN's features to the third (same 14 × 14 grid, receptive field 12 px) — for ``ce`` only:
 #: a loss there would differentiate through block 4's BatchNorm in train mode, which mixes the
@@ -88,7 +92,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "stop-gradient=off": dict(stop_gradient=False),
     "normalisation=minmax": dict(cam_normalize="minmax"),
     "prototypes=ce maps": dict(prototype_source="ce-maps"),
-    # the losses with another CAM method (chapter 7's method rows: MNIST only, shown, not voted)
+    # the losses with another CAM method (chapter 8's method rows: MNIST only, shown, not voted)
     **{f"cam={m}": dict(cam_method=m) for m in ("hirescam", "gradcam-elementwise", "gradcam++", "xgradcam",
                                                 "layercam")},
 }
@@ -99,7 +103,7 @@ ABLATION_RECIPE: dict[str, Any] = dict(lr=1e-3)
 
 def variant(config: Any) -> str:
     """The ablation a configuration (or a ``load_runs`` row) belongs to, ``"paper"`` for the
-    paper's choices (λ = 1, L1, the default layer); chapter 7."""
+    paper's choices (λ = 1, L1, the default layer); chapter 8."""
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     for name, fields in ABLATIONS.items():
         if all(get(k) == v for k, v in fields.items()):
@@ -110,7 +114,7 @@ def variant(config: Any) -> str:
 def ablation_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATASETS,
                   models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
                   random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
-    """Every ablation of ``ABLATIONS`` for each (seed, dataset), validated (chapter 7).
+    """Every ablation of ``ABLATIONS`` for each (seed, dataset), validated (chapter 8).
 
     Default: SimpleCNN and ``ce+proto+batchcam``, plus ``ce`` at the ablated layer (its maps move);
     λ and the distance do not change ``ce`` and are skipped for it, and the layer ablation is
@@ -133,7 +137,7 @@ def ablation_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DA
     return sorted(configs, key=lambda c: (c.seed, c.dataset))  # a grid cut short has whole seeds
 
 
-#: Chapter 7's Decoy-MNIST cells (Ross et al. 2017): name → ``TrainConfig`` fields. Prototypes come
+#: Chapter 8's Decoy-MNIST cells (Ross et al. 2017): name → ``TrainConfig`` fields. Prototypes come
 #: from the decoyed training images (their class means carry the patch) or from the clean ones;
 #: ``ce+rrr`` penalises the map inside the known patch (the annotation-using upper bound); the
 #: oracle trains ``ce`` on clean images and is tested on decoyed ones.
@@ -160,7 +164,7 @@ _FIRST_DECOY_PROTOCOL = dict(decoy_patch="ross4", n_val=0, order="seed+epoch")
 
 def decoy_cell(config: Any) -> Optional[str]:
     """The :data:`DECOY_CELLS` name of a configuration or ``load_runs`` row, None if not a run of that
-    grid (chapter 8): Ross's 4×4 patch, without a validation split, the first records' data order
+    grid (chapter 9): Ross's 4×4 patch, without a validation split, the first records' data order
     (the runs of :func:`decoy_verdict_grid` belong to :func:`decoy_verdict_cell`)."""
     get = _getter(config)
     for name, fields in DECOY_CELLS.items():
@@ -173,7 +177,7 @@ def decoy_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
                models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
                random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
     """Every :data:`DECOY_CELLS` cell for each (seed, dataset), SimpleCNN by default, validated
-    (chapter 7). ``objectives`` keeps the cells with those objectives; ``random_baseline`` is
+    (chapter 8). ``objectives`` keeps the cells with those objectives; ``random_baseline`` is
     accepted for the command line and ignored."""
     configs = []
     for fields in DECOY_CELLS.values():
@@ -184,7 +188,7 @@ def decoy_grid(seeds: Sequence[int] = (0, 1, 2), datasets: Sequence[str] = DATAS
     return sorted(configs, key=lambda c: (c.seed, c.dataset))
 
 
-#: The verdict protocol (chapter 6, fixed before its runs): 10 seeds per SimpleCNN cell, a fixed
+#: The verdict protocol (chapter 7, fixed before its runs): 10 seeds per SimpleCNN cell, a fixed
 #: validation split of 6 000 training images (600 per class) that every choice is made on, each
 #: epoch's order from (seed, epoch), the test set read once at the end of each run. Only the learning
 #: rate is tuned (on validation, ``tuning_grid``); λ, epochs, batch size and layer keep their design values.
@@ -199,7 +203,7 @@ TUNING_SEED = 100
 def tuning_grid(seeds: Sequence[int] = (TUNING_SEED,), datasets: Sequence[str] = DATASETS,
                 models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
                 random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
-    """The learning-rate choice on the validation split (chapter 6): ``ce`` of SimpleCNN at each of
+    """The learning-rate choice on the validation split (chapter 7): ``ce`` of SimpleCNN at each of
     :data:`LR_CANDIDATES`, seed 100, the verdict protocol; no faithfulness or loop timing (not used).
     :func:`select_lr` reads the result. ``random_baseline`` is accepted and ignored."""
     overrides = {k: v for k, v in overrides.items() if v is not None and k != "lr"}
@@ -215,7 +219,7 @@ def tuning_grid(seeds: Sequence[int] = (TUNING_SEED,), datasets: Sequence[str] =
 def select_lr(dataset: str, root: Optional[str | Path] = None, **overrides: Any) -> tuple[float, dict]:
     """The learning rate of the verdict grid for ``dataset``: the candidate whose tuning run has the
     highest validation accuracy after its last epoch (ties: the smaller rate), and
-    ``{lr: validation accuracy}`` (chapter 6). Raises ValueError when a tuning run is missing."""
+    ``{lr: validation accuracy}`` (chapter 7). Raises ValueError when a tuning run is missing."""
     from .results import load_record
 
     scores = {}
@@ -232,7 +236,7 @@ def select_lr(dataset: str, root: Optional[str | Path] = None, **overrides: Any)
 def verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[str] = DATASETS,
                  models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
                  random_baseline: bool = True, **overrides: Any) -> list[TrainConfig]:
-    """The SimpleCNN cells whose verdicts the book states (chapter 6): the four objectives × 10 seeds
+    """The SimpleCNN cells whose verdicts the book states (chapter 7): the four objectives × 10 seeds
     at the verdict protocol and the learning rate :func:`select_lr` chose on validation; the untrained
     model (``epochs=0``) for seeds 0-2 with ``random_baseline``. Ordered seed → dataset → objective,
     so a grid cut short has whole seeds."""
@@ -248,13 +252,13 @@ def verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[str] =
     return sorted(configs, key=lambda c: (c.seed, c.dataset))
 
 
-#: The positive control's patch (chapter 8): a fixed class-specific 6×6 binary texture in a random corner
+#: The positive control's patch (chapter 9): a fixed class-specific 6×6 binary texture in a random corner
 #: (``decoy.class_textures``). Calibration runs of ``ce`` (seed 0, 20 000 images, 2 epochs, batch 128, lr 2e-3,
 #: no validation split): reliance 0.673 on MNIST and 0.596 on Fashion-MNIST (consistent-patch accuracy
 #: 1.000 / 0.9996, random-patch 0.327 / 0.404), far above the 0.20 the control must clear; Ross's 4×4 grey
-#: patch gave 0.019 on MNIST (chapter 8's exploration), too little for a positive control.
+#: patch gave 0.019 on MNIST (chapter 9's exploration), too little for a positive control.
 DECOY_CONTROL = "texture6"
-#: The decoy verdict grid's cells (chapter 8): name → ``TrainConfig`` fields. The positive control
+#: The decoy verdict grid's cells (chapter 9): name → ``TrainConfig`` fields. The positive control
 #: (``ce`` on :data:`DECOY_CONTROL`: the effect must exist), Ross's exact patch as a row, the oracles that
 #: use the true patch mask (Ross's input-gradient penalty, RRR-G, ``ce`` trained on clean images), and the
 #: paper's losses (L1) with prototypes from the decoyed training images.
@@ -273,7 +277,7 @@ DECOY_VERDICT_RECIPE: dict[str, Any] = dict(n_train=20_000)
 
 def decoy_verdict_cell(config: Any) -> Optional[str]:
     """The :data:`DECOY_VERDICT_CELLS` name of a configuration or ``load_runs`` row, None if not a run of
-    :func:`decoy_verdict_grid`'s protocol (validation split 6 000, order 'seed,epoch'); chapter 8."""
+    :func:`decoy_verdict_grid`'s protocol (validation split 6 000, order 'seed,epoch'); chapter 9."""
     get = _getter(config)
     protocol = {k: VERDICT_PROTOCOL[k] for k in ("n_val", "order")}
     for name, fields in DECOY_VERDICT_CELLS.items():
@@ -288,7 +292,7 @@ def decoy_verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[
                        random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
     """Every :data:`DECOY_VERDICT_CELLS` cell × 10 seeds × both datasets at the verdict protocol
     (:data:`VERDICT_PROTOCOL`), 20 000 training images, and the learning rate :func:`select_lr` chose on
-    validation (ValueError while the tuning runs are missing, as :func:`verdict_grid`); chapter 8.
+    validation (ValueError while the tuning runs are missing, as :func:`verdict_grid`); chapter 9.
     ``objectives`` keeps the cells with those objectives; ``random_baseline`` is accepted and ignored.
     Ordered seed → dataset, so a grid cut short has whole seeds."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -311,6 +315,6 @@ GRIDS = {"paper": paper_grid, "ablations": ablation_grid, "decoy": decoy_grid, "
 
 def pending(configs: Iterable[TrainConfig], root: Optional[str | Path] = None) -> list[TrainConfig]:
     """The configurations without a complete record (in ``root``, default ``<out_dir>/runs``), in order;
-    ``reproduce``, ``gpu-run`` and the submitit launcher run only these (chapter 6)."""
+    ``reproduce``, ``gpu-run`` and the submitit launcher run only these (chapter 7)."""
     return [c for c in configs
             if not is_complete(c.run_id, root if root is not None else Path(c.out_dir) / "runs")]

@@ -1,4 +1,4 @@
-"""The grid on a cluster: one submitit job per pending run (chapter 6, "run it yourself").
+"""The grid on a cluster: one submitit job per pending run (chapter 7, "run it yourself").
 
 ``python -m batchcam reproduce --launcher submitit ...`` hands the pending runs to submitit
 (``pip install batchcam[cluster]``). Each job calls :class:`TrainJob`: ``fit`` then ``write_run``
@@ -53,7 +53,7 @@ ALIVE_SLURM = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "S
 
 
 class TrainJob:
-    """What one submitit job runs: ``fit`` + ``write_run`` for each of its configurations, in order (chapter 6).
+    """What one submitit job runs: ``fit`` + ``write_run`` for each of its configurations, in order (chapter 7).
 
     Skips a run already recorded (another job may have written it). With several tasks (one per GPU)
     it exports submitit's torch.distributed environment, so ``fit`` trains with DDP and rank 0
@@ -100,7 +100,7 @@ def distributed_fit(config: TrainConfig):
 
 @dataclasses.dataclass
 class SubmititOptions:
-    """Where and how the jobs run (the ``reproduce --launcher submitit`` flags; chapter 6)."""
+    """Where and how the jobs run (the ``reproduce --launcher submitit`` flags; chapter 7)."""
 
     cluster: str = "auto"  # one of CLUSTERS; auto: submitit's choice (slurm if available, else local)
     folder: Optional[str] = None  # logs; default <out_dir>/checkpoints/submitit
@@ -116,7 +116,7 @@ class SubmititOptions:
 
 def resolve_cluster(cluster: str) -> str:
     """``auto`` → what submitit detects here (``slurm`` where Slurm's ``srun`` exists, else ``local``);
-    ``slurm`` where ``sbatch`` is not on ``PATH`` raises a ValueError naming the fix (chapter 6)."""
+    ``slurm`` where ``sbatch`` is not on ``PATH`` raises a ValueError naming the fix (chapter 7)."""
     if cluster == "auto":
         import submitit
 
@@ -130,7 +130,7 @@ def resolve_cluster(cluster: str) -> str:
 
 @contextlib.contextmanager
 def assume_cuda(enabled: bool = True) -> Iterator[None]:
-    """Name and validate runs as on a GPU node, on a machine without CUDA (a Slurm login node; chapter 6).
+    """Name and validate runs as on a GPU node, on a machine without CUDA (a Slurm login node; chapter 7).
 
     A run's id holds the device type its ``--device`` resolves to, and ``--device cuda`` is refused
     where CUDA is missing. Inside this block ``auto`` and ``cuda[:i]`` resolve to CUDA without
@@ -207,7 +207,7 @@ def _executor(opts: SubmititOptions, cluster: str, folder: Path, gpus: int, task
 
 
 def submit_runs(configs: Sequence[TrainConfig], opts: SubmititOptions) -> int:
-    """Submit the pending ``configs`` (validated; see ``batchcam.grid.pending``); return an exit code (chapter 6).
+    """Submit the pending ``configs`` (validated; see ``batchcam.grid.pending``); return an exit code (chapter 7).
 
     Runs with a job still queued or running here are left out. Prints one line per job: its id,
     its runs and its log. With ``opts.wait`` (always for ``debug``) waits and reports the records.
@@ -260,7 +260,7 @@ def submit_runs(configs: Sequence[TrainConfig], opts: SubmititOptions) -> int:
 
 
 def add_arguments(p) -> None:
-    """The ``reproduce`` flags of this launcher, added to the argparse parser ``p`` (chapter 6)."""
+    """The ``reproduce`` flags of this launcher, added to the argparse parser ``p`` (chapter 7)."""
     g = p.add_argument_group("cluster (--launcher submitit; pip install batchcam[cluster])")
     g.add_argument("--submitit-cluster", choices=CLUSTERS, default="auto",
                    help="slurm job array, local background jobs, or debug (in this process); "
@@ -283,7 +283,7 @@ def add_arguments(p) -> None:
 
 def options_from_args(args) -> SubmititOptions:
     """The :class:`SubmititOptions` of parsed ``reproduce`` arguments (positive integers and ``--mem-gb``
-    checked; chapter 6)."""
+    checked; chapter 7)."""
     for name in ("timeout_min", "array_parallelism", "cpus_per_task"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -1,4 +1,4 @@
-"""Evaluation of maps: reconstruction quality with its baselines, dead maps, coherence (chapter 4).
+"""Evaluation of maps: reconstruction quality with its baselines, dead maps, coherence (chapters 4 and 5).
 
 "Reconstruction quality" compares each test map ``R_b`` (targets = true labels) with ``P_{y_b}``:
 L1 and L2 are distances (lower is better), SSIM a similarity (higher is better). Alone these
@@ -64,7 +64,7 @@ def baseline_maps(kind: str, images: torch.Tensor) -> torch.Tensor:
 
 
 class ReconstructionMeter:
-    """Streams reconstruction quality, dead maps and coherence over many batches (chapter 4).
+    """Streams reconstruction quality, dead maps and coherence over many batches (chapters 4 and 5).
 
     ``update(maps [B, H, W] in [0, 1], targets int64 [B], images [B, H, W], dead bool [B])``;
     ``compute()`` returns overall means and per-class values; ``average_reconstruction()`` the

@@ -1,6 +1,6 @@
 """Model registry: ``create_model(name)`` for the three architectures of the paper.
 
-Explained in chapter 2 (SimpleCNN) and chapter 6 (ResNet-18, ConvNeXt-V2-Tiny).
+Explained in chapter 2 (SimpleCNN) and chapter 7 (ResNet-18, ConvNeXt-V2-Tiny).
 Every model is built with random weights (no download) and remembers the dotted name of its
 default Grad-CAM layer, the last convolutional stage.
 """
@@ -99,7 +99,7 @@ def _spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, num_classes: int = 10, in_chans: int = 1, image_size: int | None = None) -> nn.Module:
-    """Build a registered model with random weights (chapter 2; chapter 6 trains all three).
+    """Build a registered model with random weights (chapter 2; chapter 7 trains all three).
 
     Args:
         name: one of :func:`list_models` (``"simplecnn"``, ``"resnet18"``, ``"convnextv2_tiny"``).

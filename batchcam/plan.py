@@ -1,4 +1,4 @@
-"""The GPU planner and its cost model (chapter 6, "run it yourself").
+"""The GPU planner and its cost model (chapter 7, "run it yourself").
 
 ``python -m batchcam gpu-run --plan [--budget-s S] [--device-name NAME]`` lists the pending runs of the
 GPU grid (the ResNet-18 and ConvNeXt-V2 cells of :func:`batchcam.grid.paper_grid`, at the recipe of
@@ -41,7 +41,7 @@ GPU_MODELS = ("resnet18", "convnextv2_tiny")
 #: The recipes of the GPU rows: per model, the ``TrainConfig`` fields that override ``MODEL_DEFAULTS``.
 #: ``paper``: the grid's own (ResNet-18 at 28 px, ConvNeXt-V2 at 112 px, 3 epochs, all 60 000 images,
 #: faithfulness on 500 test images). ``gpu`` (the default): the same epochs on a 20 000-image training
-#: subset (drawn per seed, as chapter 8's decoy verdict grid), faithfulness on 100 test images, and
+#: subset (drawn per seed, as chapter 9's decoy verdict grid), faithfulness on 100 test images, and
 #: ConvNeXt-V2 at 96 px, which keeps 112 px's 3 × 3 Grad-CAM grid (stride 32: 96 / 32 = 3, 112 / 32 =
 #: 3.5 → 3) at 77 % of its FLOPs. Why and what it costs: docs/colab_gpu.md; ``gpu-run --plan`` prices both.
 GPU_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -57,7 +57,7 @@ CALIBRATION_PREFIX = "bench-calibration-"  # bench-*.json: unpack accepts it and
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """One kind of device (chapter 6): ``speed`` is its throughput under AMP relative to the H200 of the
+    """One kind of device (chapter 7): ``speed`` is its throughput under AMP relative to the H200 of the
     anchor runs, ``bf16`` whether it has bf16 natively, ``why`` where the number comes from."""
 
     name: str
@@ -85,7 +85,7 @@ DEVICES: dict[str, Device] = {
 
 @dataclasses.dataclass(frozen=True)
 class Anchor:
-    """What one run's parts cost on one device, measured (chapter 6): seconds per training step of
+    """What one run's parts cost on one device, measured (chapter 7): seconds per training step of
     ``model`` at ``size`` px and ``batch`` (ce), the first run's warm-up, and per image: evaluation with
     maps, faithfulness (trained and untrained model) and the per-image loop. ``source`` names the records."""
 
@@ -143,7 +143,7 @@ FLOPS_G = {("simplecnn", 28): 0.0366, ("resnet18", 28): 0.9116, ("resnet18", 112
 
 
 def device_key(name: str, strict: bool = True) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` → ``"h100"``, ``"Tesla T4"`` → ``"t4"``, ``"cpu"`` (chapter 6). Any other
+    """``"NVIDIA H100 80GB HBM3"`` → ``"h100"``, ``"Tesla T4"`` → ``"t4"``, ``"cpu"`` (chapter 7). Any other
     name: ValueError naming the known devices, or ``"gpu"`` (another GPU) when not ``strict``."""
     low = str(name).lower().replace("-", " ")
     for key in DEVICES:
@@ -158,7 +158,7 @@ def device_key(name: str, strict: bool = True) -> str:
 
 
 def amp_dtype(device: Any) -> Optional[str]:
-    """The autocast dtype of training on ``device`` (chapter 6): ``"bf16"`` on a CUDA device with native
+    """The autocast dtype of training on ``device`` (chapter 7): ``"bf16"`` on a CUDA device with native
     bf16 (``torch.cuda.is_bf16_supported(including_emulation=False)``), ``"fp16"`` (with a GradScaler)
     on an older one (a T4), None on a CPU. ``device`` is a ``torch.device`` or a :data:`DEVICES` key."""
     import torch
@@ -175,21 +175,19 @@ def amp_dtype(device: Any) -> Optional[str]:
 
 
 def amp_overrides(dtype: str | None) -> tuple[dict, str]:
-    """The ``TrainConfig`` fields of the autocast rule for ``dtype`` (:func:`amp_dtype`; chapter 6),
-    and a note: bf16 where the GPU has it natively, else fp16 with a GradScaler once ``TrainConfig`` has
-    ``amp_dtype`` (until then fp32), nothing on a CPU."""
+    """The ``TrainConfig`` fields of the autocast rule for ``dtype`` (:func:`amp_dtype`; chapter 7),
+    and a note: bf16 where the GPU has it natively, else fp16 with a GradScaler (``amp_dtype="fp16"``;
+    ``batchcam.loop`` scales each backward), nothing on a CPU."""
     if dtype == "bf16":
         return {"amp": True}, "bf16 autocast"
     if dtype == "fp16":
-        if "amp_dtype" in {f.name for f in dataclasses.fields(TrainConfig)}:
-            return {"amp": True, "amp_dtype": "fp16"}, "fp16 autocast + GradScaler"
-        return {"amp": False}, "fp32 (no native bf16; fp16 + GradScaler waits for TrainConfig.amp_dtype)"
+        return {"amp": True, "amp_dtype": "fp16"}, "fp16 autocast + GradScaler"
     return {}, "fp32 (CPU)"
 
 
 @functools.lru_cache(maxsize=None)
 def flops(model: str, size: int) -> float:
-    """GFLOP of one forward of ``model`` on a [1, 1, size, size] image (chapter 6): :data:`FLOPS_G`, else
+    """GFLOP of one forward of ``model`` on a [1, 1, size, size] image (chapter 7): :data:`FLOPS_G`, else
     counted with ``torch.utils.flop_counter`` on the meta device."""
     if (model, size) in FLOPS_G:
         return FLOPS_G[(model, size)]
@@ -208,7 +206,7 @@ def flops(model: str, size: int) -> float:
 def gpu_grid(seeds: Sequence[int] = tuple(range(10)), recipe: str = DEFAULT_RECIPE,
              models: Sequence[str] = GPU_MODELS, datasets: Sequence[str] = DATASETS,
              **overrides: Any) -> list[TrainConfig]:
-    """The GPU rows of the paper grid in priority order (chapter 6): seed → model → dataset → objective,
+    """The GPU rows of the paper grid in priority order (chapter 7): seed → model → dataset → objective,
     each model at its :data:`GPU_RECIPES` fields (and ``overrides``), the untrained model (``epochs=0``)
     for seeds 0-2. ``recipe`` names the recipe; ValueError for an unknown one."""
     if recipe not in GPU_RECIPES:
@@ -230,7 +228,7 @@ def _newest(paths: list[Path]) -> Optional[Path]:
 
 def latest_calibration(key: str, root: Optional[Path] = None) -> Optional[tuple[Path, dict]]:
     """The newest calibration record of device ``key`` in ``root`` (default ``results/bench``), with its
-    path, or None (chapter 6)."""
+    path, or None (chapter 7)."""
     root = Path(root) if root is not None else results_root("bench")
     found = [p for p in root.glob(f"*calibration-{key}-*.json")
              if p.name.startswith(("calibration-", CALIBRATION_PREFIX))]
@@ -249,7 +247,7 @@ def _bench(device_type: str, root: Path) -> Optional[tuple[Path, dict]]:
 
 
 def scale(model: str, size: int, part: str, device: str = "cuda") -> float:
-    """Cost of ``model`` at ``size`` px over ResNet-18 at 28 px for ``part`` (``"train"`` or ``"infer"``), chapter 6.
+    """Cost of ``model`` at ``size`` px over ResNet-18 at 28 px for ``part`` (``"train"`` or ``"infer"``), chapter 7.
     On a GPU the larger of two hypotheses: bound by arithmetic (FLOPs ratio over :data:`MODEL_EFFICIENCY`)
     or by launches (ops ratio, :data:`STEP_OPS`). For ConvNeXt-V2 at 96 px both give about 3.5. On a CPU: FLOPs."""
     flop = flops(model, size) / flops("resnet18", 28)
@@ -261,7 +259,7 @@ def scale(model: str, size: int, part: str, device: str = "cuda") -> float:
 
 @dataclasses.dataclass
 class CostModel:
-    """Prices of the parts of a run on one device (chapter 6); :meth:`run_s` estimates a run in seconds.
+    """Prices of the parts of a run on one device (chapter 7); :meth:`run_s` estimates a run in seconds.
 
     ``anchor``: the measured run (:data:`ANCHORS`), priced on this device × ``factor``; other models and
     sizes by :func:`scale`. ``step_s[(model, size, batch, cam)]``: training steps a calibration measured.
@@ -312,7 +310,7 @@ class CostModel:
 
 def cost_model(device_name: str, root: Optional[Path] = None, runs: Optional[Path] = None,
                strict: bool = True) -> CostModel:
-    """The cost model of ``device_name`` (chapter 6): the measured anchor run (:data:`ANCHORS`) priced on this
+    """The cost model of ``device_name`` (chapter 7): the measured anchor run (:data:`ANCHORS`) priced on this
     device by its newest calibration record (its ResNet-18 step over the anchor's), else by the spec ratio
     of :data:`DEVICES` ("extrapolated"); corrected by finished run records of the same device. ``strict``:
     see :func:`device_key`."""
@@ -394,12 +392,12 @@ def _corrections(model: CostModel, runs: Optional[Path]) -> dict[str, float]:
 
 
 def record_bytes(config: TrainConfig) -> int:
-    """An upper bound of a run's files (chapter 6): three [10, S, S] float32 maps and the JSON."""
+    """An upper bound of a run's files (chapter 7): three [10, S, S] float32 maps and the JSON."""
     return 3 * 10 * config.resolved().image_size ** 2 * 4 + 200_000
 
 
 def session_overhead_s(bench: bool, calibrate: bool, k: int) -> float:
-    """Seconds of a command that train nothing (chapter 6): start-up, smoke test, benchmark, calibration, workers."""
+    """Seconds of a command that train nothing (chapter 7): start-up, smoke test, benchmark, calibration, workers."""
     return STARTUP_S + SMOKE_S + BENCH_S * bench + CALIBRATE_S * calibrate + WORKERS_S * (k > 1)
 
 
@@ -407,7 +405,7 @@ def plan(configs: Sequence[TrainConfig], model: CostModel, budget_s: float, firs
          k: int = 1, runs: Optional[Path] = None) -> list[dict]:
     """The pending ``configs`` (no complete record in ``runs``) in their order, each with ``est_s`` (its share
     of the wall clock: K runs share it), ``cum_s`` and ``command``: the session of ``budget_s`` it falls
-    into, the first losing ``first_s`` to overheads (calibration included), the others ``rest_s`` (chapter 6)."""
+    into, the first losing ``first_s`` to overheads (calibration included), the others ``rest_s`` (chapter 7)."""
     root = Path(runs) if runs is not None else results_root("runs")
     if budget_s - max(first_s, rest_s) <= 0:
         raise ValueError(f"--budget-s {budget_s:g} leaves nothing for runs after {max(first_s, rest_s):.0f} s "
@@ -431,7 +429,7 @@ def plan(configs: Sequence[TrainConfig], model: CostModel, budget_s: float, firs
 
 def format_plan(rows: list[dict], model: CostModel, budget_s: float, first_s: float, rest_s: float, recipe: str,
                 k: int, dtype: Optional[str]) -> str:
-    """The plan as text (chapter 6): device, calibration and assumptions, one line per run, totals by seed group."""
+    """The plan as text (chapter 7): device, calibration and assumptions, one line per run, totals by seed group."""
     dev = DEVICES[model.key]
     lines = [f"device {dev.name} ({dtype or 'fp32'}{' autocast' if dtype else ''}), K = {k} concurrent run(s); "
              f"recipe {recipe!r}: " + json.dumps(GPU_RECIPES[recipe]),

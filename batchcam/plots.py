@@ -3,8 +3,10 @@ is shown or saved) and its docstring names the chapter and figure. One style, se
 
 - PNGs at :data:`DPI` (150) dots per inch, at most :data:`MAX_WIDTH` (8) inches wide (the book's text column
   shows them at about two thirds of their pixel size); text of at least :data:`FONT_SIZE` (9) points;
-- :data:`CAM_CMAP` (viridis) for maps and prototypes, grey for images; a colour bar on every heatmap;
-- one fixed colour per objective (:data:`OBJECTIVE_COLORS`); the Okabe–Ito cycle otherwise.
+- perceptually uniform :data:`CAM_CMAP` (viridis) for Grad-CAM maps, reconstructions and prototypes, grey for
+  images; every heatmap figure has a colour bar;
+- one fixed colour per training objective (:data:`OBJECTIVE_COLORS`); the colour-blind-safe Okabe–Ito cycle
+  otherwise.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ BOOK_RC = {
 
 @contextmanager
 def book_style():
-    """Context manager: the book's matplotlib style (:data:`BOOK_RC`) for the figures made inside it (chapter 4
-    draws its own figures of maps, [H, W] each, in it). Every function here already draws inside it; for a
+    """Context manager: the book's matplotlib style (:data:`BOOK_RC`) for the figures made inside it (chapters 4
+    and 5 draw their own figures of maps, [H, W] each, in it). Every function here already draws inside it; for a
     one-off figure: ``with plots.book_style(): fig, ax = plots.subplots(); ax.plot(...)``."""
     with mpl.rc_context(BOOK_RC):
         yield
@@ -85,12 +87,13 @@ def _styled(fn):
 
 
 def objective_color(name: str, default: Optional[str] = None) -> Optional[str]:
-    """The fixed colour of a training objective (``"ce"``, ``"ce+proto"``, ...), else ``default`` (chapters 4–6)."""
+    """The fixed colour of a training objective (``"ce"``, ``"ce+proto"``, ...), else ``default`` (chapters 4–7)."""
     return OBJECTIVE_COLORS.get(str(name), default)
 
 
 def _fit(width: float, height: float) -> tuple[float, float]:
-    """Shrink a figure size (same aspect) to ≤ :data:`MAX_WIDTH` wide, in whole pixels at :data:`DPI` (stable repr)."""
+    """Scale a figure size down (keeping its aspect) so that it is at most :data:`MAX_WIDTH` wide,
+    rounded to whole pixels at :data:`DPI` (so that the ``<Figure size WxH>`` text is stable)."""
     scale = min(1.0, MAX_WIDTH / width)
     return round(width * scale * DPI) / DPI, round(height * scale * DPI) / DPI
 
@@ -110,7 +113,7 @@ def _wrap(text: str, width_in: float, fontsize: float = FONT_SIZE) -> str:
 def subplots(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True, layout=None):
     """Like ``plt.subplots`` but the Figure is not registered with pyplot: a notebook shows it once, as the
     cell's value, and a script never leaks open figures. The book's resolution (:data:`DPI`); ``layout`` is
-    matplotlib's (``None``, ``"constrained"``, ``"tight"``). Chapters 4 and 6 draw their own figures with it."""
+    matplotlib's (``None``, ``"constrained"``, ``"tight"``). Chapters 4, 5 and 7 draw their own figures with it."""
     fig = Figure(figsize=figsize, dpi=DPI, layout=layout)
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
@@ -137,7 +140,7 @@ _add_colorbar = colorbar  # for functions whose ``colorbar`` argument shadows th
 
 def overlay(ax, image, cam, alpha: float = 0.5, title: Optional[str] = None):
     """Draw ``image`` [H, W] or [1, H, W] in grey, ``cam`` [H, W] in [0, 1] on top in :data:`CAM_CMAP` (chapter 2;
-    chapter 4's explorer). Returns the map's ``AxesImage`` (for a colour bar)."""
+    chapter 5's explorer). Returns the map's ``AxesImage`` (for a colour bar)."""
     ax.imshow(to_numpy(image), cmap="gray", vmin=0, vmax=1)
     im = ax.imshow(to_numpy(cam), cmap=CAM_CMAP, alpha=alpha, vmin=0, vmax=1)
     ax.set_axis_off()
@@ -203,7 +206,7 @@ def cam_overlays(images, cams, titles: Optional[Sequence[str]] = None, ncols: in
 def reconstruction_rows(rows: Mapping[str, torch.Tensor], class_names: Sequence[str], size: float = 1.0,
                         cmap: str = CAM_CMAP) -> Figure:
     """One row per entry of ``rows`` ({"label": [C, H, W] maps}): average reconstruction per class,
-    prototypes, … (the paper's Figures 2–7; chapters 4–6), with a colour bar. A row whose label is an
+    prototypes, … (the paper's Figures 2–7; chapters 4–7), with a colour bar. A row whose label is an
     objective has its label in that objective's colour (:data:`OBJECTIVE_COLORS`)."""
     c = len(class_names)
     label_in = 0.085 * FONT_SIZE / 9 * max(len(str(label)) for label in rows) + 0.1
@@ -286,7 +289,7 @@ def timing_plot(rows: Sequence[Mapping], x: str = "batch_size", y: str = "ms", b
 
 @_styled
 def history_plot(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str] = ("test_accuracy", "l1")) -> Figure:
-    """Per-epoch curves of several runs side by side, one panel per metric key (chapter 5). A run
+    """Per-epoch curves of several runs side by side, one panel per metric key (chapter 6). A run
     named after an objective is drawn in that objective's colour (:data:`OBJECTIVE_COLORS`)."""
     fig, axes = subplots(1, len(keys), squeeze=False, layout="constrained",
                          figsize=_fit(4.0 * len(keys), 3.2))
@@ -303,7 +306,7 @@ def history_plot(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str]
 @_styled
 def false_positive_plot(rates: Mapping[tuple[str, int], float], trials: int, nominal: float = 0.05) -> Figure:
     """How often each decision rule says "supported" for two groups drawn from one distribution, by group
-    size n (chapter 6's figure of false positives). ``rates``: ``{(rule label, n): fraction}``, e.g. from
+    size n (chapter 7's figure of false positives). ``rates``: ``{(rule label, n): fraction}``, e.g. from
     ``batchcam.stats.simulate_false_positive_rate``; ``trials``: the experiments behind each rate. Bars in
     percent, grouped by n, with the Monte-Carlo 95 % Wilson interval of each rate, its value printed above
     it, and a dashed line at the ``nominal`` level."""

@@ -1,4 +1,4 @@
-"""Provenance of a record: code version, library versions, machine, date (chapter 6).
+"""Provenance of a record: code version, library versions, machine, date (chapter 7).
 
 Every record carries it, so a number in the book can be traced to the commit, the libraries and
 the device that made it. ``git_dirty`` is true when tracked files had uncommitted changes.
@@ -44,7 +44,7 @@ def _module_file(module: str, root: Path) -> Optional[str]:
 
 
 def import_closure(entries: tuple[str, ...] = ENTRY_POINTS, root: Path = REPO) -> tuple[str, ...]:
-    """Every package file the ``entries`` import, directly or not, sorted (chapter 6, stale records).
+    """Every package file the ``entries`` import, directly or not, sorted (chapter 7, stale records).
 
     An AST walk of each file, imports inside functions included (a lazy import still runs); relative
     imports and ``batchcam.*`` are followed, ``from . import x`` names the module ``x``; the package's
@@ -86,7 +86,7 @@ RESULT_FILES = import_closure()
 
 
 def git(*args: str) -> Optional[str]:
-    """Output of ``git args`` in the package's repository, or None (no git, no repository); chapter 6 (provenance)."""
+    """Output of ``git args`` in the package's repository, or None (no git, no repository); chapter 7 (provenance)."""
     try:
         proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -96,7 +96,7 @@ def git(*args: str) -> Optional[str]:
 
 def code_tree(source: Optional[str]) -> Optional[str]:
     """The syntax tree of a Python source without docstrings (comments are not in it); None if
-    absent. Two sources with the same tree compute the same numbers (chapter 6, stale records)."""
+    absent. Two sources with the same tree compute the same numbers (chapter 7, stale records)."""
     if source is None:
         return None
     try:
@@ -113,7 +113,7 @@ def code_tree(source: Optional[str]) -> Optional[str]:
 
 def code_hashes(commit: Optional[str] = None, files: tuple[str, ...] = ()) -> dict[str, Optional[str]]:
     """``{path: SHA-256 of code_tree}`` for every ``RESULT_FILES`` entry (or ``files``), read from the files
-    on disk, or from ``commit`` through git (None where a file is missing); chapter 6."""
+    on disk, or from ``commit`` through git (None where a file is missing); chapter 7."""
     out = {}
     for name in files or RESULT_FILES:
         if commit is None:
@@ -148,7 +148,7 @@ def _cpu_name() -> str:
 def provenance(device: Union[str, torch.device, None] = None) -> dict:
     """Code version (commit, dirty tree), library versions, machine and UTC date; ``None`` where
     a value cannot be found. ``device``'s CUDA name is reported, else the CPU model. Every record
-    carries this dict (chapter 6)."""
+    carries this dict (chapter 7)."""
     from . import __version__
 
     device = torch.device(device) if device is not None else None

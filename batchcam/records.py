@@ -1,4 +1,4 @@
-"""The committed records for a package installed outside the repository (chapter 6).
+"""The committed records for a package installed outside the repository (chapter 7).
 
 A source checkout (or Colab after its install cell's clone) already has ``results/``. A package
 installed with pip does not: :func:`fetch_records` downloads the repository's archive once,
@@ -23,7 +23,7 @@ ARCHIVE_URL = "https://github.com/batchcam/batchcam/archive/refs/heads/main.tar.
 
 def fetch_records(url: str = ARCHIVE_URL, dest: Optional[Path] = None, timeout: float = 60) -> Path:
     """Download the repository archive at ``url`` and keep its ``results/`` as ``dest`` (default
-    :data:`CACHE`, replaced); returns ``dest`` (chapter 6). Only JSON and ``.tensors.pt`` files
+    :data:`CACHE`, replaced); returns ``dest`` (chapter 7). Only JSON and ``.tensors.pt`` files
     under ``results/runs`` and ``results/bench`` are extracted."""
     dest = Path(dest) if dest is not None else CACHE
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - a fixed https/file URL

@@ -1,16 +1,10 @@
-"""Tables and verdicts of the reproduction, computed from the records only (chapters 5 and 6).
+"""Tables of the reproduction, computed from the records only (chapters 6–9).
 
 Nothing here trains. Each (dataset, model, objective) cell uses the best scale recorded; baselines
-(blank map, input image, untrained model) sit in the same tables, computed by the same code.
-
-The verdict rule (chapter 6 states it too): a cell *votes* only with ≥ ``MIN_SEEDS`` seeds at a
-non-smoke scale (full data, or a subset of ≥ ``MIN_SUBSET`` training images); smoke cells are
-shown, never counted. "A beats B" means the difference of means exceeds the larger of the two
-seed standard deviations. A claim is *supported* when it holds in every voting (dataset, model)
-pair, *mixed* when in some, *not supported* when in none, *not testable* without voting pairs.
-Speed claims read chapter 3's controlled benchmark (:func:`bench_ratios`), never per-run timings:
-each measured configuration votes, and a time beats another (or a threshold) only by more than the
-larger of their interquartile ranges over repeated calls.
+(blank map, input image, untrained model) sit in the same tables, computed by the same code. A cell
+*votes* in the descriptive claims table (:mod:`batchcam.claims`) only with ≥ ``MIN_SEEDS`` seeds at a
+non-smoke scale (full data, or a subset of ≥ ``MIN_SUBSET`` training images); smoke cells are shown,
+never counted. The pre-registered verdicts are :mod:`batchcam.verdicts`' job.
 """
 
 from __future__ import annotations
@@ -21,11 +15,11 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from .table import Table
 
-__all__ = ["beats", "fmt", "verdict", "mean_std", "seed_cell", "aggregate", "Table", "metric_table", "claims",
-           "collapsed", "reconstruction_figure", "faithfulness_table", "bench_ratios", "SCALE_PREFERENCE"]
+__all__ = ["beats", "fmt", "mean_std", "seed_cell", "aggregate", "Table", "metric_table", "collapsed",
+           "reconstruction_figure", "faithfulness_table", "SCALE_PREFERENCE", "RECIPE"]
 
 SCALE_PREFERENCE = ("gpu-full", "cpu-full", "gpu-subset", "cpu-subset")
-MIN_SEEDS, MIN_SUBSET, COLLAPSE, OVERHEAD_MAX = 3, 10_000, 0.5, 1.25
+MIN_SEEDS, MIN_SUBSET, COLLAPSE = 3, 10_000, 0.5
 MAP_METRICS = ("l1", "l2", "ssim", "dead_fraction", "dispersion", "corr_image", "corr_prototype")
 REFERENCE_MAPS = ("maps", "random", "blob", "input", "prototype")  # faithfulness: Grad-CAM + references
 METRICS = ("accuracy", *MAP_METRICS, "train_time_per_epoch_s", "gradcam_batch_s", "gradcam_loop_s_scaled",
@@ -33,13 +27,12 @@ METRICS = ("accuracy", *MAP_METRICS, "train_time_per_epoch_s", "gradcam_batch_s"
            *(f"{k}_{r}" for r in REFERENCE_MAPS for k in ("deletion", "insertion")))
 LOSS_OBJECTIVES = ("ce+proto", "ce+batchcam", "ce+proto+batchcam")
 ORDER = {o: i for i, o in enumerate(("ce",) + LOSS_OBJECTIVES + ("random model",))}
-NO_VOTES = "no cell with ≥ 3 seeds at a non-smoke scale"
 #: What two cells must share to be averaged together or compared: budget and training recipe.
 RECIPE = ("n_train", "n_test", "epochs", "image_size", "optimizer", "lr", "batch_size")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n − 1; 0 for one value) of seed values (chapter 6)."""
+    """Mean and sample standard deviation (n − 1; 0 for one value) of seed values (chapter 7)."""
     n, mean = len(values), sum(values) / len(values)
     return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
@@ -88,7 +81,7 @@ def aggregate(rows: Iterable[Mapping], distance: str = "l1", stale: Iterable[str
 
 def seed_cell(runs: Sequence[Mapping], metrics: Iterable[str],
               value: Callable[[Mapping, str], Optional[float]] = lambda r, m: r.get(m)) -> dict:
-    """One cell from its seeds' rows (chapters 6–8): ``{"n", "votes", "scale", "run_ids", metric: (mean, std)
+    """One cell from its seeds' rows (chapters 7–9): ``{"n", "votes", "scale", "run_ids", metric: (mean, std)
     or None}``; ``value(row, metric)`` reads a metric. Votes: ≥ ``MIN_SEEDS`` seeds, ≥ ``MIN_SUBSET`` images."""
     smoke = bool(runs[0]["n_train"]) and runs[0]["n_train"] < MIN_SUBSET
     cell = {"n": len(runs), "votes": len(runs) >= MIN_SEEDS and not smoke,
@@ -100,7 +93,7 @@ def seed_cell(runs: Sequence[Mapping], metrics: Iterable[str],
 
 
 def fmt(stat: Optional[tuple[float, float]], digits: int, scale: float = 1.0) -> str:
-    """``"mean ± std"`` of a ``(mean, std)`` cell statistic times ``scale``, "—" if None (chapters 6–8)."""
+    """``"mean ± std"`` of a ``(mean, std)`` cell statistic times ``scale``, "—" if None (chapters 7–9)."""
     return "—" if stat is None else f"{stat[0] * scale:.{digits}f} ± {stat[1] * scale:.{digits}f}"
 
 
@@ -119,7 +112,7 @@ def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int
     """One row per cell of ``agg`` (objectives, random model, then — if ``baselines`` and a column has
     them — blank map and input image per (dataset, model)); ``columns``: header → ``(metric, digits,
     scale)``; ``dead`` adds the dead-map column. Then seeds, scale (``†``: a stale record), budget
-    (epochs · train / test images · size). ``⚠ collapsed``: some seed has ≥ 50 % dead maps."""
+    (epochs · train / test images · size). ``⚠ collapsed``: some seed has ≥ 50 % dead maps (chapters 6–8)."""
     columns = dict(columns)
     if dead and not any(m == "dead_fraction" for m, _, _ in columns.values()):
         columns["dead maps (%)"] = ("dead_fraction", 1, 100)
@@ -142,131 +135,22 @@ def metric_table(agg: Mapping[tuple, dict], columns: Mapping[str, tuple[str, int
 
 
 def collapsed(agg: Mapping[tuple, dict]) -> list[str]:
-    """Cells where some seeds collapsed (≥ 50 % dead maps): ``"dataset/model/objective: k of n"``."""
+    """Cells where some seeds collapsed (≥ 50 % dead maps): ``"dataset/model/objective: k of n"``
+    (chapters 6 and 7)."""
     return [f"{ds}/{m}/{o}: {c['collapsed']} of {c['n']} seeds"
             for (ds, m, o), c in sorted(agg.items()) if c["collapsed"]]
 
 
 def beats(a: Optional[tuple], b: Optional[tuple], better: str) -> Optional[bool]:
     """Whether ``(mean, std)`` ``a`` beats ``b`` (``better``: "higher" or "lower") by more than the
-    larger std: chapter 6's rule. None when either is missing."""
+    larger std: chapter 7's rule. None when either is missing."""
     return None if a is None or b is None else (a[0] - b[0] if better == "higher" else b[0] - a[0]) > max(a[1], b[1])
-
-
-def verdict(results: list[bool], missing: str = NO_VOTES) -> str:
-    """Supported (every voting pair), mixed (some), not supported (none), not testable (no pair); chapter 6."""
-    return (f"not testable ({missing})" if not results else "supported" if all(results)
-            else "mixed" if any(results) else "not supported")
-
-
-def _pairs(agg: Mapping[tuple, dict], objective: str, voting: bool = True):
-    """(dataset, model) pairs with both ``ce`` and ``objective`` that vote (or, with ``voting=False``,
-    that do not): ("dataset/model", ce cell, cell). A pair votes when both cells vote at the same
-    scale and budget (a full-data cell is never compared with a subset cell)."""
-    for (ds, model) in sorted({k[:2] for k in agg}):
-        ce, other = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
-        if ce and other and (ce["votes"] and other["votes"] and all(
-                ce.get(k) == other.get(k) for k in ("scale", *RECIPE))) == voting:
-            yield f"{ds}/{model}", ce, other
-
-
-def _ratios(bench: Optional[Mapping], key: str) -> list[tuple[str, float, float]]:
-    v = (bench or {}).get(key)
-    return [] if v is None else [("benchmark", v, 0.0)] if isinstance(v, (int, float)) else list(v)
-
-
-def claims(agg: Mapping[tuple, dict], bench: Optional[Mapping] = None,
-           objective: str = "ce+proto+batchcam", spurious: Optional[dict] = None) -> list[dict]:
-    """The claims of arXiv v1 and v2 with a verdict each, from the records (chapter 6).
-
-    ``bench``: chapter 3's benchmark as :func:`bench_ratios` returns it, ``{"batch_vs_loop": [(label,
-    loop / batch, spread)], "train_overhead": [(label, loss step / ce step, spread)]}`` (or one number).
-    ``spurious``: chapter 8's verdict (``batchcam.spurious.spurious_verdict``), last.
-    Returns ``[{"version", "claim", "test", "verdict", "evidence": [...]}, ...]``.
-    """
-    out = []
-    shown = [f"{name}: shown, not counted (ce {ce['n']} seed(s) {ce['scale']}; {objective} {c['n']} "
-             f"seed(s) {c['scale']})" for name, ce, c in _pairs(agg, objective, voting=False)]
-
-    def add(version, claim, test, results, evidence, missing=NO_VOTES, data=True):
-        out.append({"version": version, "claim": claim, "test": test, "verdict": verdict(results, missing),
-                    "evidence": evidence + (shown if data else [])})
-
-    res, ev = [], []
-    for name, ce, c in _pairs(agg, objective):
-        res.append(bool(beats(c["accuracy"], ce["accuracy"], "higher")))
-        ev.append(f"{name}: {fmt(c['accuracy'], 2, 100)} % vs ce {fmt(ce['accuracy'], 2, 100)} %")
-    add("v1", "better accuracy", f"{objective} beats ce by more than the seed spread", res, ev)
-    comp = [c["accuracy"][0] >= ce["accuracy"][0] - 0.005 - max(c["accuracy"][1], ce["accuracy"][1])
-            for _, ce, c in _pairs(agg, objective)]
-    add("v2", "competitive accuracy", "within 0.5 points (plus the seed spread) of ce", comp, list(ev))
-    res, ev = [], []
-    for name, ce, c in _pairs(agg, objective):
-        refs = {"ce": ce, "blank": {"l1": ce.get("blank_l1"), "ssim": ce.get("blank_ssim")},
-                "input": {"l1": ce.get("input_l1"), "ssim": ce.get("input_ssim")}}
-        rand = agg.get((name.split("/")[0], name.split("/")[1], "random model"))
-        if rand:
-            refs["random model"] = rand
-        won = {k: bool(beats(c["l1"], r["l1"], "lower")) and bool(beats(c["ssim"], r["ssim"], "higher"))
-               for k, r in refs.items()}
-        res.append(all(won.values()))
-        ev.append(f"{name}: L1 {c['l1'][0]:.3f}, SSIM {c['ssim'][0]:.3f}; beats "
-                  + ", ".join(f"{k} {'yes' if w else 'no'}" for k, w in won.items()))
-    add("v1", "better reconstruction quality", "beats ce, the blank map, the input image and the "
-        "untrained model on L1 and SSIM (circular: L_P trains on this distance)", res, ev)
-    res, ev = [], []
-    for name, ce, c in _pairs(agg, objective):
-        tighter = bool(beats(c["dispersion"], ce["dispersion"], "lower"))
-        gap = lambda x: x["corr_image"][0] - x["corr_prototype"][0]  # noqa: E731
-        spread = max(x[k][1] for x in (c, ce) for k in ("corr_image", "corr_prototype"))
-        res.append(tighter and gap(c) >= gap(ce) - spread)
-        ev.append(f"{name}: dispersion {c['dispersion'][0]:.4f} vs ce {ce['dispersion'][0]:.4f}; "
-                  f"corr(map, own image) {c['corr_image'][0]:.3f} vs {ce['corr_image'][0]:.3f}; "
-                  f"corr(map, prototype) {c['corr_prototype'][0]:.3f} vs {ce['corr_prototype'][0]:.3f}")
-    add("v2", "more coherent saliency maps", "lower dispersion than ce, and corr_image − corr_prototype "
-        "does not fall (moving towards the class template wins dispersion for free)", res, ev)
-    steps, none = _ratios(bench, "train_overhead"), "no benchmark record with training steps"
-    ev = [f"{k}: step / ce step = {r:.2f}× (IQR spread {s:.2f})" for k, r, s in steps]
-    add("v1", "lower training time", f"a {objective}:l1 training step faster than a ce step (chapter 3's "
-        "benchmark)", [1 - r > s for _, r, s in steps], ev, none, data=False)
-    add("v2", "minimal computational overhead", f"{objective}:l1 step below {OVERHEAD_MAX} × the ce step "
-        "(chapter 3's benchmark)", [OVERHEAD_MAX - r > s for _, r, s in steps], list(ev), none, data=False)
-    speed = _ratios(bench, "batch_vs_loop")
-    add("v1", "lower inference time", "batch Grad-CAM faster than the per-image loop at the largest "
-        "batch size (chapter 3's benchmark)", [r - 1 > s for _, r, s in speed],
-        [f"{k}: loop / batch = {r:.2f}× (IQR spread {s:.2f})" for k, r, s in speed], "no benchmark record",
-        data=False)
-    if spurious is None:
-        add("v2", "suppresses spurious features", "decoy-patch relevance and accuracy (chapter 8)", [],
-            ["no Decoy-MNIST records"], "no Decoy-MNIST records", data=False)
-    return out + ([spurious] if spurious else [])
-
-
-def bench_ratios(*records: Optional[Mapping], objective: str = "ce+proto+batchcam:l1") -> dict:
-    """Speed ratios of benchmark records (``results.latest_bench``; None entries are skipped):
-    ``{"batch_vs_loop": [(label, loop / batch at the largest batch size the loop was timed at, spread)],
-    "train_overhead": [(label, ``objective`` step / ce step, spread)]}``, labels ``"cpu resnet18:28
-    B=256"``; spread = the larger of the two times' IQRs over the base time (batch, ce step)."""
-    from .bench import rows
-
-    out: dict[str, list] = {"batch_vs_loop": [], "train_overhead": []}
-    for rec in filter(None, records):
-        dev, cam, train = rec["config"]["device"], rows(rec, "cam"), rows(rec, "train")
-        for kind, table, num, den in (("batch_vs_loop", cam, "gradcam_loop", "batch_gradcam"),
-                                      ("train_overhead", train, objective, "ce")):
-            by = {(r["model"], r["image_size"], r["batch_size"], r["method"]): r for r in table}
-            for m, size, b, _ in sorted(k for k in by if k[3] == num and (*k[:3], den) in by):
-                if kind == "train_overhead" or b == max(k[2] for k in by if k[:2] == (m, size) and k[3] == num):
-                    a, base = by[m, size, b, num], by[m, size, b, den]
-                    out[kind].append((f"{dev} {m}:{size} B={b}", a["ms"] / base["ms"],
-                                      max(a["iqr_ms"], base["iqr_ms"]) / base["ms"]))
-    return out
 
 
 def faithfulness_table(agg: Mapping[tuple, dict], dataset: str, caption: str = "") -> Table:
     """Deletion ↓ / insertion ↑ AUC (means over seeds) of each trained cell's Grad-CAM maps and of the
     reference maps, for one dataset; "beats Grad-CAM" names the references better on deletion or
-    insertion by more than the larger seed std (chapters 6 and 7)."""
+    insertion by more than the larger seed std (chapters 7 and 8)."""
     rows = []
     for (ds, model, obj), cell in _sorted(agg):
         if ds != dataset or obj == "random model" or cell.get("deletion_maps") is None:
@@ -283,7 +167,7 @@ def faithfulness_table(agg: Mapping[tuple, dict], dataset: str, caption: str = "
 
 def reconstruction_figure(agg: Mapping[tuple, dict], dataset: str, model: str, root=None):
     """Average reconstruction per class of each objective and of the untrained model (first seed of
-    each cell), prototypes last: the paper's Figures 2–7 for one (dataset, model) (chapter 6)."""
+    each cell), prototypes last: the paper's Figures 2–7 for one (dataset, model) (chapter 7)."""
     from .data import class_names
     from .plots import reconstruction_rows
     from .results import load_tensors

@@ -1,6 +1,6 @@
 """Records: the one module that owns their format, where they live, writing and loading.
 
-Chapter 6 (and chapters 3, 5, 7) read every number from these records, so each one carries its
+Chapter 7 (and chapters 3, 6, 8) read every number from these records, so each one carries its
 configuration, per-epoch history, final metrics, timings, machine and code version. Layout::
 
     <root>/runs/<run_id>.json          a training run (schema ``SCHEMA_VERSION``)
@@ -47,11 +47,11 @@ _REPO = REPO
 
 
 class RecordExistsError(FileExistsError):
-    """A record with this id is already there and ``force`` was not given (chapter 6: replaced only on request)."""
+    """A record with this id is already there and ``force`` was not given (chapter 7: replaced only on request)."""
 
 
 def results_root(kind: str = "runs") -> Path:
-    """Folder of the committed records of ``kind`` (``"runs"`` or ``"bench"``), found at call time (chapter 6).
+    """Folder of the committed records of ``kind`` (``"runs"`` or ``"bench"``), found at call time (chapter 7).
 
     In order: ``$BATCHCAM_RESULTS/<kind>``; the repository this package was imported from (a
     source checkout, also in Colab after the install cell's clone); the first ``results/<kind>``
@@ -96,7 +96,7 @@ def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[Pat
               force: bool = False) -> Path:
     """Publish a run record: ``<root>/<run_id>.<sha12>.tensors.pt`` (``tensors``: [C, H, W] each), then
     ``<root>/<run_id>.json``, which names the tensors file with its SHA-256 and carries ``record_sha256``,
-    the SHA-256 of its own canonical JSON (chapter 6). ``root`` defaults to ``results_root()``.
+    the SHA-256 of its own canonical JSON (chapter 7). ``root`` defaults to ``results_root()``.
 
     The JSON is the one switch that publishes a record: it is written to a temporary file, fsynced,
     then hard-linked to its name (``os.link`` fails if the name exists, so of two concurrent writers
@@ -225,7 +225,7 @@ def _strict_json(text: str) -> Any:
 
 def load_record(path: PathLike) -> dict:
     """Read and validate one run record (NaN / Infinity tokens are refused; its ``record_sha256`` must be
-    there and match its content); chapter 6. ValueError names the file."""
+    there and match its content); chapter 7. ValueError names the file."""
     record = _strict_json(Path(path).read_text())
     if isinstance(record, dict) and RECORD_HASH_FIELD not in record:
         raise ValueError(f"{path}: no record_sha256 (a record from before records hashed themselves); "
@@ -237,7 +237,7 @@ def load_record(path: PathLike) -> dict:
 
 
 def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
-    """True when ``<root>/<run_id>.json`` is valid and its tensors file matches its SHA-256 (chapter 6)."""
+    """True when ``<root>/<run_id>.json`` is valid and its tensors file matches its SHA-256 (chapter 7)."""
     root = Path(root) if root is not None else results_root("runs")
     try:
         record = load_record(root / f"{run_id}.json")
@@ -253,7 +253,7 @@ def is_complete(run_id: str, root: Optional[PathLike] = None) -> bool:
 def verify_records(root: Optional[PathLike] = None) -> list[str]:
     """One line per problem under ``root`` (default ``results_root()``): a record whose JSON does not
     load (bad ``record_sha256``, malformed, non-finite), whose tensors file is missing or does not match its
-    SHA-256, and tensors files no record names (chapter 6: ``list-runs --verify``). Empty when all is well."""
+    SHA-256, and tensors files no record names (chapter 7: ``list-runs --verify``). Empty when all is well."""
     root = Path(root) if root is not None else results_root("runs")
     problems, named = [], set()
     for path in sorted(root.glob("*.json")):
@@ -292,7 +292,15 @@ def _row(record: dict) -> dict:
 
 def load_runs(root: Optional[PathLike] = None) -> list[dict]:
     """Every complete run record under ``root`` (default ``results_root()``) as a flat row, sorted
-    by run id (chapter 6). Invalid or incomplete pairs are skipped with a warning."""
+    by run id (chapter 7). Invalid or incomplete pairs are skipped with a warning.
+
+    Each row has the config's fields (``run_id, dataset, model, objective, distance, seed, epochs,
+    image_size, lr, n_train, n_val, ...``), ``scale`` and ``device``, the final metrics (``accuracy,
+    l1, l2, ssim, ssim_valid, dead_fraction, dispersion, corr_image, corr_prototype``, the
+    baselines as ``blank_*`` / ``input_*``, faithfulness as ``deletion_<map>`` / ``insertion_<map>``),
+    the timings (``train_time_per_epoch_s, gradcam_batch_s, gradcam_loop_s_scaled, session_wall_s``)
+    and provenance (``git_commit, git_dirty, date_utc, device_name``); a field a record predates is
+    absent from its row."""
     root = Path(root) if root is not None else results_root("runs")
     rows = []
     for path in sorted(root.glob("*.json")):
@@ -305,7 +313,7 @@ def load_runs(root: Optional[PathLike] = None) -> list[dict]:
 
 
 def load_tensors(run_id: str, root: Optional[PathLike] = None) -> dict[str, torch.Tensor]:
-    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` of a run, as float32 (chapter 6).
+    """``{"average_reconstruction": [C, H, W], "prototypes": [C, H, W], ...}`` of a run, as float32 (chapter 7).
 
     The file is the one the record names, checked against the record's SHA-256 before it is read:
     ValueError names the file that fails."""
@@ -327,7 +335,7 @@ def scale_label(device_type: str, subset: bool) -> str:
 
 def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
     """The record and tensors (``average_reconstruction``, ``prototypes``: [C, H, W]) of a finished ``Run``
-    (``batchcam.train``, chapter 5) for :func:`write_run`. Metrics are stored once (``final``), times once."""
+    (``batchcam.train``, chapter 6) for :func:`write_run`. Metrics are stored once (``final``), times once."""
     config, ev = run.config, run.evaluation
     last = run.history[-1] if run.history else {}
     final = {"accuracy": ev["accuracy"], **ev["maps"], "baselines": ev["baselines"],
@@ -349,19 +357,28 @@ def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
                        root: Optional[PathLike] = None, force: bool = False) -> Path:
-    """Write ``<root>/bench-<device>-<UTC>[-quick].json`` (chapter 3); never replaces a file
+    """Write ``<root>/bench-<device>-<UTC>[-quick|-verdict].json`` (chapter 3; ``-verdict``: a record of the
+    ``verdict`` preset, which the timing verdicts read and chapter 3's plots do not); never replaces a file
     unless ``force``. ``root`` defaults to ``results_root("bench")``."""
     root = Path(root) if root is not None else results_root("bench")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = root / f"bench-{device_type}-{stamp}{'-quick' if quick else ''}.json"
+    tag = "-quick" if quick else "-verdict" if (record.get("config") or {}).get("preset") == "verdict" else ""
+    path = root / f"bench-{device_type}-{stamp}{tag}.json"
     if path.exists() and not force:
         raise RecordExistsError(f"benchmark record {path} already exists; pass --force to replace it")
     _finite({k: v for k, v in record.items() if k != "provenance"}, "bench record")
     return atomic_write_json(path, with_hash(record))
 
 
-def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None) -> Optional[dict]:
-    """The newest full (not ``--quick``) benchmark record for ``device_type``, or None (chapter 3's speed plot)."""
+def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None, *,
+                 preset: Optional[str] = None) -> Optional[dict]:
+    """The newest full benchmark record for ``device_type``, or None: with ``preset="verdict"`` the newest
+    record of that preset (the timing verdicts, chapter 8), else the newest that is neither ``--quick``
+    nor ``verdict`` (chapter 3's speed plot). The record's file name is added as ``_path``."""
     root = Path(root) if root is not None else results_root("bench")
-    paths = sorted(p for p in root.glob(f"bench-{device_type}-*.json") if not p.stem.endswith("-quick"))
-    return _strict_json(paths[-1].read_text()) if paths else None
+    tags = ("-quick", "-verdict")
+    paths = sorted(p for p in root.glob(f"bench-{device_type}-*.json")
+                   if (p.stem.endswith("-verdict") if preset == "verdict" else not p.stem.endswith(tags)))
+    if not paths:
+        return None
+    return {**_strict_json(paths[-1].read_text()), "_path": paths[-1].name}

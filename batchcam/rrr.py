@@ -1,4 +1,4 @@
-"""Ross et al.'s (2017) "right for the right reasons" input-gradient penalty (chapter 8's oracle).
+"""Ross et al.'s (2017) "right for the right reasons" input-gradient penalty (chapter 9's oracle).
 
 ``ce+rrr-input`` adds ``λ · mean_b Σ_d (M_bd · ∂(Σ_c log p_bc)/∂x_bd)²`` to the cross-entropy: the
 gradient of the summed log-probabilities with respect to the input, squared inside the known spurious
@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._helpers import bf16_autocast
+from ._helpers import amp_autocast
 
 __all__ = ["input_gradient_penalty", "batch_stats_as_constants", "rrr_input_loss"]
 
 
 def input_gradient_penalty(logits: torch.Tensor, x: torch.Tensor, masks: torch.Tensor, *,
                            create_graph: bool = True) -> torch.Tensor:
-    """``mean_b Σ_d (M_bd · ∂(Σ_c log p_bc)/∂x_bd)²`` from logits computed from ``x`` (chapter 8).
+    """``mean_b Σ_d (M_bd · ∂(Σ_c log p_bc)/∂x_bd)²`` from logits computed from ``x`` (chapter 9).
 
     Ross et al. write ``λ Σ_n Σ_d (A_nd ∂/∂x_nd Σ_k log ŷ_nk)²`` beside a cross-entropy summed over the
     batch; averaging both over the batch keeps their ratio. The gradient is each sample's own when
@@ -79,7 +79,7 @@ def _frozen_batchnorm_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Te
 @contextlib.contextmanager
 def batch_stats_as_constants(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, every BatchNorm of ``model`` in train mode normalises its input [B, K, ...] with the
-    batch's mean and (biased) variance detached, and does not update its running statistics (chapter 8).
+    batch's mean and (biased) variance detached, and does not update its running statistics (chapter 9).
     The outputs are those of the ordinary train-mode forward; only the gradient through the statistics is
     gone, so a sample's outputs depend on its own input alone, to first order. Other modules are untouched."""
     patched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
@@ -93,11 +93,11 @@ def batch_stats_as_constants(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def rrr_input_loss(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, *, amp: bool = False) -> torch.Tensor:
-    """Ross et al.'s penalty of a training batch (chapter 8): a forward of ``x`` [B, ch, H, W] as a new leaf,
-    under :func:`batch_stats_as_constants` (and bf16 autocast with ``amp``), then
+    """Ross et al.'s penalty of a training batch (chapter 9): a forward of ``x`` [B, ch, H, W] as a new leaf,
+    under :func:`batch_stats_as_constants` (and autocast with ``amp``: True / "bf16" or "fp16"), then
     :func:`input_gradient_penalty` with ``masks`` bool [B, H, W]. A scalar, differentiable with respect to
     the parameters; the caller's ``x`` is not modified."""
     leaf = x.detach().requires_grad_(True)
-    with batch_stats_as_constants(model), bf16_autocast(leaf.device, amp):
+    with batch_stats_as_constants(model), amp_autocast(leaf.device, amp):
         logits = model(leaf)
     return input_gradient_penalty(logits, leaf, masks)

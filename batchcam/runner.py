@@ -1,4 +1,4 @@
-"""One training run from configuration to committed record: ``fit`` → ``record_from_run`` → ``write_run`` (chapter 6).
+"""One training run from configuration to committed record: ``fit`` → ``record_from_run`` → ``write_run`` (chapter 7).
 
 Every caller that trains and records goes through :func:`fit_and_record`: the command line
 (``python -m batchcam train`` / ``reproduce``), the prepared GPU session, the submitit jobs and the
@@ -22,7 +22,7 @@ def fit_and_record(config: TrainConfig, *, root: Optional[Path | str] = None, re
                    force: bool = False, progress: bool = False, data: Any = None,
                    fit_fn: Optional[Callable[..., Optional[Run]]] = None,
                    extra: Optional[dict] = None) -> tuple[Optional[Run], Optional[Path]]:
-    """Train ``config`` and publish its record (chapter 6).
+    """Train ``config`` and publish its record (chapter 7).
 
     Args:
         config: the run (validated by ``fit``).

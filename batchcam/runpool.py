@@ -1,4 +1,4 @@
-"""K training runs at once on one device, and the timings that calibrate the planner (chapter 6).
+"""K training runs at once on one device, and the timings that calibrate the planner (chapter 7).
 
 A small model on a big GPU waits for the CPU: eager PyTorch spends a few microseconds of CPU time
 per op, and a ResNet-18 step at 28 px has about 500 ops for about 2 ms of arithmetic. Running K
@@ -44,7 +44,7 @@ BARRIER_TIMEOUT_S = 600.0
 
 
 def worker_threads(k: int) -> int:
-    """CPU threads per worker when ``k`` run at once: the cores shared out, at least one (chapter 6)."""
+    """CPU threads per worker when ``k`` run at once: the cores shared out, at least one (chapter 7)."""
     return max(1, (os.cpu_count() or 1) // max(1, k))
 
 
@@ -59,7 +59,7 @@ def _data_key(config: TrainConfig) -> tuple:
 
 
 def train_run(config: TrainConfig, root: str, extra: Optional[dict] = None) -> dict:
-    """Train ``config`` and write its record into ``root`` (chapter 6), with the top-level fields ``extra``;
+    """Train ``config`` and write its record into ``root`` (chapter 7), with the top-level fields ``extra``;
     in a worker or in this process.
     Returns ``{"run_id", "files": [record, tensors], "seconds", "accuracy", "dead_fraction"}``. The data
     of a (dataset, subset) is loaded once per process and reused by the next runs."""
@@ -77,7 +77,7 @@ def train_run(config: TrainConfig, root: str, extra: Optional[dict] = None) -> d
 
 
 class RunPool:
-    """``k`` worker processes that run functions of this module (chapter 6); ``k = 1`` runs them in this
+    """``k`` worker processes that run functions of this module (chapter 7); ``k = 1`` runs them in this
     process when submitted (the future is done on return). ``threads``: torch threads per worker."""
 
     def __init__(self, k: int, threads: Optional[int] = None) -> None:
@@ -115,7 +115,7 @@ class RunPool:
 
 
 def describe(device: torch.device) -> dict:
-    """Device, driver and library versions (``gpu-run`` prints them first; chapter 6)."""
+    """Device, driver and library versions (``gpu-run`` prints them first; chapter 7)."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "device": str(device)}
     for lib in ("torchvision", "timm", "torchmetrics"):
@@ -154,9 +154,9 @@ def _setup(model: str, size: int, device: torch.device, train: bool):
 
 def time_forward(model: str, size: int, device: str, amp: Any, batch: int = 256, seconds: float = 1.0) -> float:
     """Milliseconds per image of ``model``'s forward at ``size`` px, batch ``batch``, no gradients, under
-    autocast ``amp`` on CUDA (chapter 6). The median of 5 timed groups after 3 warm-up calls (on a
+    autocast ``amp`` on CUDA (chapter 7). The median of 5 timed groups after 3 warm-up calls (on a
     CPU, where nothing is autotuned: one group after one call)."""
-    from ._helpers import bf16_autocast
+    from ._helpers import amp_autocast
 
     dev = torch.device(device)
     net = _setup(model, size, dev, train=False)
@@ -165,7 +165,7 @@ def time_forward(model: str, size: int, device: str, amp: Any, batch: int = 256,
         x = x.contiguous(memory_format=torch.channels_last)
     warm, groups = (3, 5) if dev.type == "cuda" else (1, 1)
     times = []
-    with torch.no_grad(), bf16_autocast(dev, amp):
+    with torch.no_grad(), amp_autocast(dev, amp):
         for i in range(warm + groups):
             _sync(dev)
             t0, n = time.perf_counter(), 0
@@ -183,7 +183,7 @@ def time_steps(model: str, size: int, batch: int, objective: str, device: str, a
                barrier: Any = None) -> dict:
     """Training steps of ``model`` at ``size`` px with ``objective`` on random images [batch, 1, S, S]
     for ``seconds`` (at least 2 steps) after 3 warm-up steps (on a CPU 1 and 1), after ``barrier.wait()``
-    when given: concurrent runs start together; chapter 6. Returns ``{"steps", "seconds", "step_ms"}``."""
+    when given: concurrent runs start together; chapter 7. Returns ``{"steps", "seconds", "step_ms"}``."""
     from .losses import objective_loss
 
     dev = torch.device(device)
@@ -222,7 +222,7 @@ def time_steps(model: str, size: int, batch: int, objective: str, device: str, a
 
 def measure_concurrency(cases: Sequence[dict], device: str, amp: Any, ks: Sequence[int] = (1, 2, 4),
                         seconds: float = 3.0, log: Callable[[str], None] = print) -> dict:
-    """Throughput of k concurrent training runs over one, per model: ``{model: {k: speedup}}`` (chapter 6).
+    """Throughput of k concurrent training runs over one, per model: ``{model: {k: speedup}}`` (chapter 7).
     Each case is ``{"model", "image_size", "batch_size", "objective"}``; k workers run
     :func:`time_steps` together (a barrier) and their steps per second are summed. K = 1 runs in a
     worker too, so every k pays the same process overheads."""
@@ -247,7 +247,7 @@ def measure_concurrency(cases: Sequence[dict], device: str, amp: Any, ks: Sequen
 
 def calibrate(device: torch.device, models: Sequence[str], recipe: str, amp: Any, ks: Sequence[int] = (1, 2, 4),
               seconds: float = 2.0, log: Callable[[str], None] = print) -> Path:
-    """Measure the planner's prices on ``device`` and write them as a record (chapter 6): per model of the
+    """Measure the planner's prices on ``device`` and write them as a record (chapter 7): per model of the
     recipe, the forward (ms per image, B = 256), the ce and ce+proto+batchcam training steps at the recipe's
     size and batch, and the speedup of K concurrent runs; ResNet-18 at 28 px always (the planner's device
     factor is its step over the anchor's). ``results/bench/bench-calibration-<device>-<UTC>.json``, with
@@ -293,7 +293,7 @@ def calibrate(device: torch.device, models: Sequence[str], recipe: str, amp: Any
 
 def count_ops(model: str, objective: str = "ce") -> int:
     """Non-view ATen ops of one training step of ``model`` with ``objective`` (B = 2, CPU, AdamW with
-    ``foreach``); the numbers of :data:`STEP_OPS` (chapter 6). On a GPU each is about one kernel launch."""
+    ``foreach``); the numbers of :data:`STEP_OPS` (chapter 7). On a GPU each is about one kernel launch."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 

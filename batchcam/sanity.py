@@ -1,6 +1,6 @@
 """Sanity checks for saliency maps (Adebayo et al. 2018): do the maps depend on the model at all?
 
-Chapter 7 explains them. *Cascading parameter randomisation* re-initialises the model's layers one
+Chapter 8 explains them. *Cascading parameter randomisation* re-initialises the model's layers one
 after the other, from the logits down, and compares each stage's maps with the trained model's: a
 method whose maps barely change is an edge detector, not an explanation. *Data randomisation*
 (training on shuffled labels) is a training run done elsewhere; compare its maps with
@@ -24,7 +24,7 @@ __all__ = ["rank_average", "spearman", "ssim", "compare_maps", "randomization_la
 
 def rank_average(x: torch.Tensor) -> torch.Tensor:
     """Ranks 1..D [N, D] float64 of each row of ``x`` [N, D]; ties get their average rank
-    (``scipy.stats.rankdata(method="average")``). For :func:`spearman` (chapter 7)."""
+    (``scipy.stats.rankdata(method="average")``). For :func:`spearman` (chapter 8)."""
     n, d = x.shape
     sv, order = torch.sort(x, dim=1, stable=True)
     new = torch.ones_like(sv, dtype=torch.bool)
@@ -39,7 +39,7 @@ def rank_average(x: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation [N] float64 of ``a[i]`` and ``b[i]`` (shapes [N, ...]; chapter 7).
+    """Spearman rank correlation [N] float64 of ``a[i]`` and ``b[i]`` (shapes [N, ...]; chapter 8).
 
     The Pearson correlation of average ranks, as ``scipy.stats.spearmanr``. NaN where one of the
     two is constant (e.g. an all-zero "dead" Grad-CAM map): the correlation is undefined.
@@ -51,7 +51,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-map SSIM [N] of maps [N, H, W] in [0, 1] by torchmetrics (data_range 1; H, W ≥ 11; chapter 7).
+    """Per-map SSIM [N] of maps [N, H, W] in [0, 1] by torchmetrics (data_range 1; H, W ≥ 11; chapter 8).
     Chapter 4 explains SSIM itself."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -61,7 +61,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def compare_maps(maps_a: torch.Tensor, maps_b: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image similarity of two sets of maps [N, H, W]: ``{"spearman": [N], "ssim": [N]}`` (chapter 7).
+    """Per-image similarity of two sets of maps [N, H, W]: ``{"spearman": [N], "ssim": [N]}`` (chapter 8).
 
     For data randomisation: maps of a model trained on shuffled labels against those of the
     normally trained one, same images and targets. Spearman is NaN for a constant map.
@@ -73,7 +73,7 @@ def compare_maps(maps_a: torch.Tensor, maps_b: torch.Tensor) -> dict[str, torch.
 
 
 def randomization_layers(model: nn.Module) -> list[str]:
-    """Default cascade (chapter 7): names of the modules with parameters of their own, in reverse
+    """Default cascade (chapter 8): names of the modules with parameters of their own, in reverse
     ``named_modules`` order (logits first). BatchNorm layers are stages of their own."""
     return [n for n, m in model.named_modules()
             if n and next(m.parameters(recurse=False), None) is not None][::-1]
@@ -83,7 +83,7 @@ def reinitialize(module: nn.Module) -> None:
     """Re-draw a module's parameters by its own ``reset_parameters()`` (BatchNorm: weight 1, bias
     0, running statistics reset too); without one, its direct parameters are drawn from N(0, 0.02²)
     (timm's convention) and running statistics, if any, reset. Uses the global RNG. The default ``reinit``
-    of :func:`cascading_randomization` (chapter 7); ``module`` is changed in place."""
+    of :func:`cascading_randomization` (chapter 8); ``module`` is changed in place."""
     if hasattr(module, "reset_parameters"):
         module.reset_parameters()
     else:
@@ -104,7 +104,7 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, layer: Union
                             layers: Optional[Sequence[str]] = None, seed: int = 0,
                             reinit: Callable[[nn.Module], None] = reinitialize,
                             batch_size: int = 256, keep_maps: bool = False) -> list[dict]:
-    """Cascading parameter randomisation (Adebayo et al. 2018) of Grad-CAM maps, chapter 7.
+    """Cascading parameter randomisation (Adebayo et al. 2018) of Grad-CAM maps, chapter 8.
 
     Stage 0 is the trained model; stage ``i`` ≥ 1 has ``layers[:i]`` re-initialised cumulatively
     in a deep copy (the caller's model is untouched), ``reinit(module)`` running under

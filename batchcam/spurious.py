@@ -1,4 +1,4 @@
-"""The Decoy-MNIST grid's table and verdict, computed from the records only (chapter 8).
+"""The Decoy-MNIST grid's table and verdict, computed from the records only (chapter 9).
 
 The cells are ``grid.DECOY_CELLS``. Per cell: accuracy on the decoyed test set (the patch's grey
 now names a random class), on the clean test set, the *relevance mass* (share of the true-class
@@ -6,7 +6,7 @@ Grad-CAM map inside the patch), *follows patch* (share of decoyed test images pr
 class the patch's grey names; 10 % by chance) and dead maps, as mean ± std over seeds.
 
 The *shortcut cost* of a run is its clean-test accuracy minus its decoyed-test accuracy: what
-the lying patch takes away. The verdict on v2's "suppresses spurious features" uses chapter 6's
+the lying patch takes away. The verdict on v2's "suppresses spurious features" uses chapter 7's
 rule: a (dataset, model) votes when ``ce`` and the loss objective both have ≥ 3 seeds at a
 non-smoke scale and the same recipe; the objective (with prototypes from the decoyed training
 images, all that a user who does not know the shortcut has) must beat ``ce`` on relevance mass
@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from .claims import verdict
 from .grid import DECOY_CELLS, DECOY_VERDICT_CELLS, decoy_cell, decoy_verdict_cell
-from .report import RECIPE, beats, fmt, seed_cell, verdict
+from .report import RECIPE, beats, fmt, seed_cell
 from .table import Table
 
 __all__ = ["METRICS", "VERDICT_METRICS", "decoy_aggregate", "decoy_table", "decoy_verdict_aggregate",
@@ -55,7 +56,7 @@ def _value(row: Mapping, metric: str) -> Optional[float]:
 def decoy_aggregate(rows: Iterable[Mapping], cell_of: Callable[[Any], Optional[str]] = decoy_cell,
                     metrics: tuple = METRICS) -> dict[tuple[str, str, str], dict]:
     """Mean ± std over seeds per (dataset, model, decoy cell), from ``results.load_runs()`` rows
-    (chapter 8). Within a cell the seeds of one recipe (``report.RECIPE``) are averaged, the one
+    (chapter 9). Within a cell the seeds of one recipe (``report.RECIPE``) are averaged, the one
     with most seeds. Cell: ``{"n", "votes", "run_ids", "scale", metric: (mean, std) or None}``.
     ``cell_of`` names a row's cell (default: the first decoy grid's)."""
     cells: dict = defaultdict(lambda: defaultdict(list))
@@ -72,7 +73,7 @@ def decoy_aggregate(rows: Iterable[Mapping], cell_of: Callable[[Any], Optional[s
 
 def decoy_table(agg: Mapping[tuple, dict], caption: str = "", cells: Iterable[str] = DECOY_CELLS,
                 metrics: tuple = METRICS) -> Table:
-    """One row per (dataset, model, cell) in ``cells`` order: the metrics, seeds, scale (chapter 8)."""
+    """One row per (dataset, model, cell) in ``cells`` order: the metrics, seeds, scale (chapter 9)."""
     order = {name: i for i, name in enumerate(cells)}
     rows = [[ds, model, name, *(fmt(c[m], digits, scale) for m, _, scale, digits in metrics), c["n"],
              c["scale"] + ("" if c["votes"] else ", not voted")]
@@ -82,19 +83,19 @@ def decoy_table(agg: Mapping[tuple, dict], caption: str = "", cells: Iterable[st
 
 def decoy_verdict_aggregate(rows: Iterable[Mapping]) -> dict[tuple[str, str, str], dict]:
     """:func:`decoy_aggregate` of the decoy verdict grid's runs (``grid.decoy_verdict_cell``) with
-    :data:`VERDICT_METRICS` (chapter 8)."""
+    :data:`VERDICT_METRICS` (chapter 9)."""
     return decoy_aggregate(rows, decoy_verdict_cell, VERDICT_METRICS)
 
 
 def decoy_verdict_table(agg: Mapping[tuple, dict], caption: str = "") -> Table:
     """The decoy verdict grid's table, one row per (dataset, model, cell) in ``DECOY_VERDICT_CELLS`` order
-    (chapter 8)."""
+    (chapter 9)."""
     return decoy_table(agg, caption, DECOY_VERDICT_CELLS, VERDICT_METRICS)
 
 
 def spurious_verdict(agg: Mapping[tuple, dict], objective: str = "ce+proto+batchcam") -> dict:
     """``{"version": "v2", "claim", "test", "verdict", "evidence"}`` for "suppresses spurious features"
-    (chapter 8): the rule of this module's docstring, over every voting (dataset, model)."""
+    (chapter 9): the rule of this module's docstring, over every voting (dataset, model)."""
     results, evidence = [], []
     for (ds, model) in sorted({k[:2] for k in agg}):
         ce, c = agg.get((ds, model, "ce")), agg.get((ds, model, objective))
@@ -112,7 +113,7 @@ def spurious_verdict(agg: Mapping[tuple, dict], objective: str = "ce+proto+batch
             evidence.append(f"{line} (shown, not counted: ce {ce['n']}, {objective} {c['n']} seed(s))")
     return {"version": "v2", "claim": "suppresses spurious features",
             "test": f"{objective} (decoy prototypes) beats ce on Decoy-MNIST relevance mass and on "
-                    "shortcut cost (clean minus decoyed test accuracy), both lower; chapter 8",
+                    "shortcut cost (clean minus decoyed test accuracy), both lower; chapter 9",
             "verdict": verdict(results, "no Decoy-MNIST cell with ≥ 3 seeds at a non-smoke scale"),
             "evidence": evidence}
 

@@ -1,4 +1,4 @@
-"""Stale records: is the code that made a record still the code that computes HEAD's numbers? (chapter 6)
+"""Stale records: is the code that made a record still the code that computes HEAD's numbers? (chapter 7)
 
 Two tests, in order. The source: ``provenance.code_hashes`` fingerprints the syntax tree of every file
 in ``provenance.RESULT_FILES`` (the import closure of training and evaluation, found by an AST walk, so a
@@ -28,13 +28,13 @@ PathLike = Union[str, Path]
 
 def load_behaviour(path: Optional[PathLike] = None) -> dict:
     """``results/behaviour.json``: ``{code_key: {model or "data": {name: number}}}``, each code version's
-    probe (``batchcam.behaviour``, ``scripts/fingerprint.py``); ``{}`` when absent (chapter 6)."""
+    probe (``batchcam.behaviour``, ``scripts/fingerprint.py``); ``{}`` when absent (chapter 7)."""
     path = Path(path) if path is not None else results_root("runs").parent / "behaviour.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def probe_for(hashes: dict, behaviour: dict, legacy: bool = True) -> Optional[dict]:
-    """The probe of the code version ``hashes`` describes (chapter 6): keyed by its fingerprints of
+    """The probe of the code version ``hashes`` describes (chapter 7): keyed by its fingerprints of
     ``RESULT_FILES``, or (``legacy``), for a version probed before the import closure, of
     ``LEGACY_RESULT_FILES``. HEAD's probe is looked up without ``legacy``: it must be keyed by every file."""
     for files in (RESULT_FILES, LEGACY_RESULT_FILES)[:2 if legacy else 1]:
@@ -68,7 +68,7 @@ def _hashes_of(prov: dict, by_commit: dict) -> tuple[Optional[dict], Optional[st
 
 
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
-    """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 6).
+    """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 7).
 
     A record is current when its fingerprints (``code_sha256``; files it lacks, and every file of an
     older record without fingerprints, from its clean commit through git) equal HEAD's for every

@@ -1,4 +1,4 @@
-"""Pre-registered tests behind the book's verdicts (chapter 6).
+"""Pre-registered tests behind the book's verdicts (chapter 7).
 
 The evidence protocol: before a grid runs, each claim is written down as a test — which two groups of per-seed
 numbers are compared (:func:`compare`), in which direction, paired or not, at which level ``alpha``, with which
@@ -7,7 +7,7 @@ non-inferiority ``margin`` if the claim is "no worse than" — together with the
 Holm-adjusted together (:func:`holm`) and :func:`decide` maps each comparison to one word of :data:`VERDICTS` by
 fixed rules, so no verdict depends on looking at the numbers first. Every distribution comes from
 :mod:`scipy.stats`. :func:`simulate_false_positive_rate` measures how often a rule says "supported" for identical
-groups: chapter 6 compares :func:`old_rule` (mean gap larger than a std) with :func:`new_rule` (this protocol).
+groups: chapter 7 compares :func:`old_rule` (mean gap larger than a std) with :func:`new_rule` (this protocol).
 scipy is an optional dependency (the ``test`` extra): ``batchcam/__init__.py`` does not import this module.
 """
 
@@ -40,7 +40,7 @@ _RNG_KW = "rng" if "rng" in inspect.signature(stats.permutation_test).parameters
 
 @dataclass(frozen=True)
 class Comparison:
-    """The result of :func:`compare` (chapter 6). ``effect`` = mean(a) − mean(b) (paired: mean of differences,
+    """The result of :func:`compare` (chapter 7). ``effect`` = mean(a) − mean(b) (paired: mean of differences,
     the same number); ``ci_low``/``ci_high`` its 1 − alpha interval (one-sided tests: one bound, the other ±inf);
     ``p`` the p-value of ``test`` for ``alternative`` (shifted by ``margin`` if any), ``p_opposite`` that of the
     opposite direction (= ``p`` when two-sided; :func:`decide` uses it for "contradicted"); ``p_holm`` is None
@@ -103,7 +103,7 @@ def _t_test(a: np.ndarray, b: np.ndarray, paired: bool, alternative: str):
 def compare(a: Sequence[float], b: Sequence[float], *, paired: bool, alternative: str = "two-sided",
             margin: Optional[float] = None, alpha: float = 0.05) -> Comparison:
     """Compare two groups of per-run values, e.g. one metric over seeds for method ``a`` and baseline ``b``
-    (chapter 6).
+    (chapter 7).
 
     Arguments: ``a``, ``b`` — 1-D sequences, ≥ 2 finite values each. ``paired`` — True when run ``i`` of ``a``
     and of ``b`` share seed, initialisation and data order (then ``len(a) == len(b)``). ``alternative`` —
@@ -155,7 +155,7 @@ def compare(a: Sequence[float], b: Sequence[float], *, paired: bool, alternative
 
 
 def holm(p_values: Sequence[float]) -> list:
-    """Holm–Bonferroni adjusted p-values of one family of tests (chapter 6).
+    """Holm–Bonferroni adjusted p-values of one family of tests (chapter 7).
 
     Arguments: ``p_values`` — the family's raw p-values, each in [0, 1]. Returns a list of floats in the input
     order: the i-th smallest p times (m − i + 1), made monotone by a running maximum (step-down), capped at 1.
@@ -170,7 +170,7 @@ def holm(p_values: Sequence[float]) -> list:
 
 
 def power(effect_sd: float, n: int, *, paired: bool, alternative: str = "two-sided", alpha: float = 0.05) -> float:
-    """Analytic power of the t-test of :func:`compare` at a true standardised effect (chapter 6).
+    """Analytic power of the t-test of :func:`compare` at a true standardised effect (chapter 7).
 
     Arguments: ``effect_sd`` — Cohen's d, the true mean(a) − mean(b) over the common sd (paired: d of the
     differences); its sign matters for one-sided tests. ``n`` — runs per group (pairs when paired).
@@ -196,7 +196,7 @@ def power(effect_sd: float, n: int, *, paired: bool, alternative: str = "two-sid
 
 def min_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float = 0.8, *, paired: bool = False,
                           alternative: str = "two-sided") -> float:
-    """The smallest true effect the test of :func:`compare` detects with probability ``power`` (chapter 6).
+    """The smallest true effect the test of :func:`compare` detects with probability ``power`` (chapter 7).
 
     Arguments: ``n`` — runs per group (pairs when paired); ``sd`` — the sd of one run (paired: of the
     differences) in the metric's units; ``power`` — the target, in (alpha, 1); ``alpha``, ``paired``,
@@ -225,7 +225,7 @@ _power = power  # min_detectable_effect's argument `power` shadows the function
 
 def decide(comparison: Optional[Comparison], *, claim_direction: str, mde: Optional[float] = None,
            planned_effect: Optional[float] = None, kind: str = "superiority", p_holm: Optional[float] = None) -> str:
-    """The verdict on one pre-registered claim: one word of :data:`VERDICTS` (chapter 6).
+    """The verdict on one pre-registered claim: one word of :data:`VERDICTS` (chapter 7).
 
     Arguments: ``comparison`` — from :func:`compare`, or None when the records cannot test the claim;
     ``claim_direction`` — "greater" (the claim: a > b) or "less"; ``mde`` — the design's minimum detectable
@@ -240,7 +240,7 @@ def decide(comparison: Optional[Comparison], *, claim_direction: str, mde: Optio
     * "contradicted": the effect lies beyond −m on the wrong side and is significant there — two-sided test:
       p_holm < alpha; one-sided test: the opposite one-sided test, ``p_opposite`` < alpha (not Holm-adjusted;
       for a t-test the same as the opposite 1 − alpha bound lying beyond −m, i.e. below −m for "greater").
-    * "not established (underpowered)" when ``mde`` and the planned effect are known and mde > |planned|;
+    * "not established (underpowered)" when ``mde`` and the planned effect are known and ``mde > |planned|``;
       else "not supported".
 
     Raises ValueError for an unknown kind or direction, a one-sided comparison against the claim, or a margin
@@ -272,21 +272,21 @@ def decide(comparison: Optional[Comparison], *, claim_direction: str, mde: Optio
 
 
 def old_rule(a: Sequence[float], b: Sequence[float]) -> bool:
-    """The rule this protocol replaces (chapter 6): "a beats b" when mean(a) − mean(b) exceeds the larger of
+    """The rule this protocol replaces (chapter 7): "a beats b" when mean(a) − mean(b) exceeds the larger of
     the two sample standard deviations (ddof = 1). Arguments: two groups of per-run values. Returns a bool."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return bool(a.mean() - b.mean() > max(a.std(ddof=1), b.std(ddof=1)))
 
 
 def new_rule(a: Sequence[float], b: Sequence[float]) -> bool:
-    """This protocol as a rule (chapter 6): unpaired one-sided :func:`compare` (H1: a > b) at alpha = 0.05,
+    """This protocol as a rule (chapter 7): unpaired one-sided :func:`compare` (H1: a > b) at alpha = 0.05,
     then :func:`decide` with claim "greater". Arguments: two groups of per-run values. Returns True when the
     verdict is "supported"."""
     return decide(compare(a, b, paired=False, alternative="greater"), claim_direction="greater") == VERDICTS[0]
 
 
 def simulate_false_positive_rate(rule: Callable, n: int, *, trials: int = 10_000, seed: int = 0) -> float:
-    """How often ``rule`` claims a difference between two identical groups (chapter 6).
+    """How often ``rule`` claims a difference between two identical groups (chapter 7).
 
     Arguments: ``rule(a, b)`` — True or "supported" when it reports "a beats b"; ``n`` — runs per group;
     ``trials`` — experiments; ``seed`` — for ``numpy.random.default_rng``. Each experiment draws a and b, n values

@@ -1,4 +1,4 @@
-"""``Table``: the tables of the book's chapters, as HTML in a notebook and as text for nbval (chapters 5–7)."""
+"""``Table``: the tables of the book's chapters, as HTML in a notebook and as text for nbval (chapters 6–8)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ __all__ = ["Table"]
 
 class Table:
     """A table that shows as HTML in a notebook (right-aligned numbers, scrolls on a phone) and
-    as aligned text elsewhere (nbval compares that); chapters 5, 6 and 7 show their numbers in it."""
+    as aligned text elsewhere (nbval compares that); chapters 6, 7 and 8 show their numbers in it."""
 
     def __init__(self, header: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> None:
         self.header, self.rows, self.caption = list(header), [[str(c) for c in r] for r in rows], caption

@@ -1,15 +1,14 @@
-"""The training loop: ``train_one_epoch`` and ``fit``, with checkpoints that resume exactly (chapter 5).
+"""The training loop: ``train_one_epoch`` and ``fit``, with checkpoints that resume exactly (chapter 6).
 
-One step: ``terms, logits = objective_loss(objective, model, x, y, ...)`` (the one objective of
-``batchcam.losses``), ``terms["total"].backward()``, ``optimizer.step()``. Nothing in a step
-reads a tensor value, so on CUDA a step never waits for the GPU; the sums of the loss terms
-stay on the device until the end of the epoch. ``fit`` returns a :class:`Run`; writing its
-record is ``batchcam.results``' job (``python -m batchcam train`` does both).
+The epoch itself (``train_one_epoch``, the BatchNorm recalibration) is ``batchcam.loop``; this
+module runs the epochs: data, prototypes, model, optimizer, per-epoch evaluation on the
+validation split, checkpoints that resume exactly, and the final evaluation on the test set.
+``fit`` returns a :class:`Run`; writing its record is ``batchcam.runner``'s job
+(``python -m batchcam train`` does both).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -22,28 +21,22 @@ from tqdm.auto import tqdm
 from . import distributed
 from ._helpers import atomic_torch_save, cudnn_autotune, set_seed
 from .config import MASK_OBJECTIVES, NUM_CLASSES, TrainConfig
-from .data import TensorLoader, load_split, split_validation
+from .data import load_split, split_validation
 from .decoy import load_decoy
 from .evaluate import clock, decoy_metrics, evaluate, faithfulness, time_gradcam
-from .losses import Objective, Reduce, objective_loss
+from .loop import recalibrate_batchnorm, train_one_epoch
 from .models import create_model
 from .prototypes import class_prototypes
 
-__all__ = ["Run", "NonFiniteLossError", "train_one_epoch", "recalibrate_batchnorm", "fit", "load_data",
-           "load_validation", "checkpoint_path", "load_checkpoint", "map_prototypes"]
+__all__ = ["Run", "fit", "load_data", "load_validation", "checkpoint_path", "load_checkpoint", "map_prototypes"]
 
 #: Fields that may differ between a checkpoint and the run resuming it.
 RESUMABLE_DIFFERENCES = {"device", "data_root", "out_dir", "eval_cam_loop_samples"}
-BN_BATCHES = 50  # training batches used to recompute BatchNorm statistics after each epoch
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; no record is written (chapter 5)."""
 
 
 @dataclass
 class Run:
-    """What ``fit`` returns (chapter 5): the trained model and everything its record holds."""
+    """What ``fit`` returns (chapter 6): the trained model and everything its record holds."""
 
     config: TrainConfig  # resolved (image_size and layer filled in)
     model: nn.Module  # trained, in eval mode
@@ -56,87 +49,28 @@ class Run:
     runtime: dict = field(default_factory=dict)  # device, effective amp / channels_last, threads
 
 
-def train_one_epoch(model: nn.Module, objective: Objective, loader: TensorLoader,
-                    optimizer: torch.optim.Optimizer, *, layer: str, prototypes: torch.Tensor,
-                    amp: bool = False, reduce: Reduce = None, progress: bool = False,
-                    desc: str = "train") -> dict:
-    """One pass over ``loader`` (chapter 5); the loss is a parameter (``objective``). The loader yields x
-    [B, 1, S, S] and y [B]; ``prototypes`` [C, S, S]; ``layer`` outputs [B, K, h, w].
-
-    Returns the sample-weighted mean of each loss term (``"total"``, ``"ce"``, ``"proto"``,
-    ``"batchcam"`` as present) and ``"accuracy"`` on the training batches. Raises
-    :class:`NonFiniteLossError` at the end of an epoch whose loss was not finite.
-    Under DDP (chapter 6) ``model`` is the DDP wrapper, ``loader`` a ``ShardedLoader`` whose
-    ``shard_weight`` scales each rank's loss, and ``reduce`` (``Context.reduce``) gives the global
-    batch's Batch-CAM class means and the epoch's statistics over every process.
-    """
-    model.train()
-    sums: dict[str, torch.Tensor] = {}
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    seen = 0
-    for x, y, *masks in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        terms, logits = objective_loss(objective, model, x, y, layer=layer, prototypes=prototypes,
-                                       amp=amp, reduce=reduce, masks=masks[0] if masks else None)
-        optimizer.zero_grad(set_to_none=True)
-        weight = getattr(loader, "shard_weight", 1.0)  # DDP: W·B_r/B (batchcam.distributed.ShardedLoader)
-        (terms["total"] if weight == 1.0 else terms["total"] * weight).backward()
-        optimizer.step()
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0) + v.detach() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
-    if reduce is not None and sums:  # DDP: the epoch's sums over every process (one all-reduce per epoch)
-        totals = torch.stack(list(sums.values()))
-        counts = torch.stack([correct.double(), correct.new_tensor(seen).double()])
-        reduce(totals, counts)
-        sums, correct, seen = dict(zip(sums, totals)), counts[0], float(counts[1])
-    out = {k: float(v) / seen for k, v in sums.items()}
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), out.values())):
-        raise NonFiniteLossError(f"the training loss is not finite ({out}); lower the learning rate "
-                                 "or the λ weights. No record was written.")
-    return {**out, "accuracy": int(correct) / seen}
-
-
-def recalibrate_batchnorm(model: nn.Module, loader: TensorLoader, epoch: int,
-                          batches: int = BN_BATCHES) -> None:
-    """Recompute BatchNorm's running statistics with the final weights of an epoch (chapter 5).
-
-    During training the running mean and variance are moving averages over the last ~10
-    batches, computed with weights that were still changing; with a global-average-pooling
-    head the logits depend directly on those per-channel statistics, and SimpleCNN lost
-    4 points of test accuracy in eval mode against train mode. A forward pass over ``batches``
-    training batches in train mode, without gradients, with a cumulative average
-    (``torch.optim.swa_utils.update_bn``; "precise BN", Wu & Johnson 2021) removes the gap.
-    Models without BatchNorm are untouched. The batches (x [B, 1, S, S], y [B]) follow the epoch's seeded order.
-    """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return
-    loader.set_epoch(epoch)
-    with torch.no_grad():
-        torch.optim.swa_utils.update_bn(itertools.islice(loader, batches), model)
-    loader.set_epoch(epoch + 1)
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
 def checkpoint_path(config: TrainConfig) -> Path:
-    """``<out_dir>/checkpoints/<run_id>.pt`` (git-ignored), where ``fit`` checkpoints each epoch (chapter 5)."""
+    """``<out_dir>/checkpoints/<run_id>.pt`` (git-ignored), where ``fit`` checkpoints each epoch (chapter 6)."""
     return Path(config.out_dir) / "checkpoints" / f"{config.run_id}.pt"
 
 
 def _save_checkpoint(path: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     epoch: int, history: list[dict]) -> None:
-    """Atomically save everything needed to continue after ``epoch`` (0-based, completed)."""
+                     epoch: int, history: list[dict], scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """Atomically save everything needed to continue after ``epoch`` (0-based, completed), the fp16 loss
+    scaler's state included."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    extra = {"scaler": scaler.state_dict()} if scaler is not None else {}
+    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **extra,
                        "config": asdict(config), "epoch": epoch, "history": history, "rng": rng}, path)
 
 
-def _restore(path: Path, config: TrainConfig, model: nn.Module,
-             optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+def _restore(path: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: Optional[torch.amp.GradScaler] = None) -> tuple[int, list]:
     """Load a checkpoint into ``model`` and ``optimizer``; return (next epoch, history so far). A file that
     does not load (truncated, not a checkpoint) raises ValueError naming it and the fix."""
     try:
@@ -154,6 +88,8 @@ def _restore(path: Path, config: TrainConfig, model: nn.Module,
                          "resume with the same settings or delete the checkpoint")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["cpu"])
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -161,7 +97,7 @@ def _restore(path: Path, config: TrainConfig, model: nn.Module,
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the model of a checkpoint (in eval mode, on ``device``) and its ``TrainConfig`` (chapter 5).
+    """Rebuild the model of a checkpoint (in eval mode, on ``device``) and its ``TrainConfig`` (chapter 6).
     The model maps [B, 1, S, S] → logits [B, 10], S = ``config.image_size``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = TrainConfig(**ckpt["config"])
@@ -182,7 +118,7 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))`` of a run (chapter 5). The training subset follows
+    """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))`` of a run (chapter 6). The training subset follows
     the run's seed; the test subset is always drawn with seed 0, so every run of a grid is
     evaluated on the same images. With ``n_val`` the training images exclude the validation split
     (:func:`load_validation`); the subset is then drawn from what remains."""
@@ -202,7 +138,7 @@ def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], t
 def load_validation(config: TrainConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """The validation split (uint8 [n_val, 1, 28, 28], int64 [n_val]) carved from the training split by
     :func:`batchcam.data.split_validation` (fixed, stratified, the same for every seed), or None
-    without ``n_val`` (chapter 6: choices are made on it, the test set is read once)."""
+    without ``n_val`` (chapter 7: choices are made on it, the test set is read once)."""
     if not config.n_val:
         return None
     x, y = load_split(config.dataset, True, root=config.data_root)
@@ -211,7 +147,7 @@ def load_validation(config: TrainConfig) -> Optional[tuple[torch.Tensor, torch.T
 
 
 def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, data=None) -> Optional[Run]:
-    """Train one configuration, evaluate after every epoch, checkpoint each epoch (chapter 5).
+    """Train one configuration, evaluate after every epoch, checkpoint each epoch (chapter 6).
 
     Args:
         config: the run (validated and resolved here; call ``check_ready`` first in a CLI).
@@ -223,19 +159,21 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     baseline). After a KeyboardInterrupt the last complete epoch's checkpoint stays, and
     ``fit(config, resume=True)`` continues with the same data order and, on CPU, ends with
     the same numbers. Under ``torchrun`` each process trains its shard of every global batch with
-    DistributedDataParallel (``batchcam.distributed``, chapter 6); rank 0 evaluates, checkpoints
+    DistributedDataParallel (``batchcam.distributed``, chapter 7); rank 0 evaluates, checkpoints
     and returns the Run, the other ranks return None.
     """
     config = config.resolved()
     ddp = distributed.setup(config.device)  # one process (all no-ops) unless torchrun started this one
     device, progress = ddp.device, progress and ddp.is_main
-    amp = bool(config.amp) and device.type == "cuda"
+    amp = (config.amp_dtype if config.amp else False) if device.type == "cuda" else False  # "bf16", "fp16", False
+    # fp16 needs its loss scaled (bf16 has fp32's range); the maps and losses stay float32 either way
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     ckpt, started = checkpoint_path(config), time.perf_counter()
     set_seed(config.seed)
     decoy = None if config.decoy == "none" else load_decoy(
         config.dataset, config.decoy, root=config.data_root, n_train=config.n_train, n_test=config.n_test,
-        seed=config.seed, variant=config.decoy_patch, n_val=config.n_val)  # chapter 8
+        seed=config.seed, variant=config.decoy_patch, n_val=config.n_val)  # chapter 9
     if data is None:
         data = (decoy.train, decoy.test) if decoy else load_data(config)
     (train_x, train_y), (test_x, test_y) = data
@@ -244,21 +182,22 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
     source = decoy.clean_train if decoy and config.prototype_source == "clean" else (train_x, train_y)
     prototypes = ddp.from_main(lambda: class_prototypes(*source, NUM_CLASSES, size=config.image_size))
     prototypes = prototypes.to(device)
-    target = prototypes  # what the Prototype Loss pulls the maps towards; chapter 7 varies it
+    target = prototypes  # what the Prototype Loss pulls the maps towards; chapter 8 varies it
     if config.prototype_source == "ce-maps":
         target = ddp.from_main(lambda: map_prototypes(config, data, prototypes, ddp.world_size)).to(device)
         set_seed(config.seed)  # the teacher's training used the generator: start as a 'train' run does
     model = ddp.sync_batchnorm(create_model(config.model, NUM_CLASSES, 1, config.image_size))
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     optimizer = _optimizer(config, model)
-    start, history = _restore(ckpt, config, model, optimizer) if resume and ckpt.is_file() else (0, [])
+    start, history = _restore(ckpt, config, model, optimizer, scaler) if resume and ckpt.is_file() else (0, [])
     net = ddp.wrap(model)  # DistributedDataParallel under torchrun, else the model itself
     loader = ddp.loader(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed,
                         image_size=config.image_size, device=device, channels_last=channels_last,
                         drop_last=ddp.drop_last(len(train_y), config.batch_size),  # BatchNorm needs B ≥ 2
                         order=config.order,
                         **({"masks": decoy.train_masks} if config.objective in MASK_OBJECTIVES else {}))
-    objective = config.objective_spec()
+    objective = config.objective_spec().bind(ddp.layer(config.layer), target, amp=amp, reduce=ddp.reduce,
+                                             scaler=scaler)
     kw = dict(layer=config.layer, image_size=config.image_size, amp=amp)
     ev = None
     with cudnn_autotune(device):
@@ -266,9 +205,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
                           total=config.epochs, disable=not progress, unit="epoch"):
             loader.set_epoch(epoch)
             t0 = clock(device)
-            train = train_one_epoch(net, objective, loader, optimizer, layer=ddp.layer(config.layer),
-                                    prototypes=target, amp=amp, reduce=ddp.reduce, progress=progress,
-                                    desc=f"epoch {epoch + 1}/{config.epochs}")
+            train = train_one_epoch(net, objective, loader, optimizer,
+                                    progress=progress and f"epoch {epoch + 1}/{config.epochs}")
             recalibrate_batchnorm(model, loader, epoch)
             t1 = clock(device)
             if not ddp.is_main:  # DDP: rank 0 evaluates and checkpoints while the others wait
@@ -281,7 +219,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
                             f"{split}_ssim": ev["maps"]["ssim"],
                             f"{split}_dead_fraction": ev["maps"]["dead_fraction"],
                             "train_time_s": t1 - t0, "eval_time_s": clock(device) - t1})
-            _save_checkpoint(ckpt, config, model, optimizer, epoch, history)
+            _save_checkpoint(ckpt, config, model, optimizer, epoch, history, scaler)
             ddp.barrier()
         if not ddp.is_main:
             return None
@@ -308,7 +246,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
 
 
 def map_prototypes(config: TrainConfig, data, prototypes: torch.Tensor, world_size: int = 1) -> torch.Tensor:
-    """Prototype source ``ce-maps`` (chapter 7): the mean Grad-CAM map per class [C, S, S] (each
+    """Prototype source ``ce-maps`` (chapter 8): the mean Grad-CAM map per class [C, S, S] (each
     max 1) of the trained ``ce`` model with ``config``'s seed, data and recipe, on the training
     images ``data[0]``; ``prototypes`` [C, S, S] only feed the meter. The teacher's checkpoint is
     reused when complete, else ``fit`` trains (or finishes) it first, which writes it."""

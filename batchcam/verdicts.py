@@ -1,4 +1,4 @@
-"""``results/verdicts.json``: every claim of the paper, tested by the pre-registered protocol (chapter 6).
+"""``results/verdicts.json``: every claim of the paper, tested by the pre-registered protocol (chapter 7).
 
 The claims, their metrics, directions, decision kinds and non-inferiority margins are written down
 here, before the runs (:data:`CLAIMS`, :data:`MARGINS`, :data:`PLANNED_SEEDS`). :func:`build` reads
@@ -29,7 +29,7 @@ from .losses import OBJECTIVES
 __all__ = ["Claim", "CLAIMS", "MARGINS", "PLANNED_SEEDS", "FAMILY", "SCOPE", "build", "write", "entry_values",
            "design_from"]
 
-PLANNED_SEEDS = 10  # fixed before the runs by the power analysis of chapter 6
+PLANNED_SEEDS = 10  # fixed before the runs by the power analysis of chapter 7
 FAMILY = "main: all claims of v1 and v2 on MNIST and Fashion-MNIST (SimpleCNN)"
 SCOPE = ("SimpleCNN (GAP head), CPU, 2 epochs, 28 px, batch 128, Adam at the learning rate chosen on the "
          "validation split, training split minus 6 000 validation images, all 10 000 test images")
@@ -42,7 +42,7 @@ MARGINS = {"mnist": 0.005, "fashion-mnist": 0.010}
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of the paper as a test (chapter 6): the record metric, the better direction, the kind of
+    """One claim of the paper as a test (chapter 7): the record metric, the better direction, the kind of
     decision (``superiority`` or ``non-inferiority``) and, when the records cannot decide it, why."""
 
     id: str
@@ -61,15 +61,8 @@ CLAIMS = (
     Claim("v1-reconstruction-ssim", "v1", "better reconstruction quality: SSIM to the class prototype (valid "
           "windows)", "ssim_valid", "greater"),
     Claim("v2-coherence", "v2", "more coherent saliency maps: within-class dispersion", "dispersion", "less"),
-    Claim("v1-training-time", "v1", "lower training time", "train_time_per_epoch_s", "less",
-          not_testable="a loss adds terms to cross-entropy's step, so it cannot be faster; the cost is chapter "
-                       "3's benchmark (torch.utils.benchmark, interleaved), not per-run timings taken on a "
-                       "shared machine"),
-    Claim("v1-inference-time", "v1", "lower inference time", "gradcam_batch_s", "less",
-          not_testable="a trained model's forward pass does not contain the loss: the network and its cost are "
-                       "the same; what differs is explanation time, batch vs per-image loop (chapter 3)"),
     Claim("v2-spurious", "v2", "suppresses spurious features", "decoy_reliance", "less",
-          not_testable="decided on the Decoy grid (chapter 8), its own family"),
+          not_testable="decided on the Decoy grid (chapter 9), its own family"),
 )
 
 
@@ -85,7 +78,7 @@ def _runs(rows: Sequence[Mapping], configs: Sequence[Any]) -> dict[tuple, dict[i
 
 def entry_values(entry: Mapping, rows: Sequence[Mapping]) -> tuple[list[float], list[float]]:
     """The per-seed values ``(objective, ce)`` an entry was computed from, read again from ``rows`` by the run ids
-    it lists (for an independent recomputation; chapter 6)."""
+    it lists (for an independent recomputation; chapter 7)."""
     by_id = {r["run_id"]: r for r in rows}
     return ([by_id[i][entry["metric"]] for i in entry["run_ids"]["objective"]],
             [by_id[i][entry["metric"]] for i in entry["run_ids"]["ce"]])
@@ -96,7 +89,7 @@ def _planning_sd(claim: Claim, dataset: str, objective: str, design: Mapping) ->
 
 
 def design_from(rows: Sequence[Mapping], lr: float = 2e-3) -> dict[str, float]:
-    """The spread seen before the verdict runs (chapter 6's power analysis): for each dataset, loss objective
+    """The spread seen before the verdict runs (chapter 7's power analysis): for each dataset, loss objective
     and tested metric, the standard deviation of the per-seed differences objective − ce of the first
     SimpleCNN grid (full data, 2 epochs, ``lr``, the paper's choices, three seeds).
     Keys ``dataset/objective/metric``."""
@@ -127,13 +120,16 @@ def design_from(rows: Sequence[Mapping], lr: float = 2e-3) -> dict[str, float]:
 
 
 def build(rows: Sequence[Mapping], configs: Sequence[Any], *, design: Optional[Mapping] = None,
-          note: str = "", alpha: float = 0.05) -> dict:
-    """The verdicts file's content from ``load_runs`` rows and the verdict grid's configs (chapter 6).
+          note: str = "", alpha: float = 0.05, bench: Optional[Mapping] = None) -> dict:
+    """The verdicts file's content from ``load_runs`` rows and the verdict grid's configs (chapter 7).
 
     ``design``: ``{"dataset/objective/metric": sd of the paired differences}`` from the runs seen before
-    (the power analysis), used for each entry's minimum detectable effect at n = 10.
+    (the power analysis), used for each entry's minimum detectable effect at n = 10. ``bench``: the
+    benchmark record of the ``verdict`` preset (``results.latest_bench("cpu", preset="verdict")``) for the
+    timing claims, a family of their own under ``"timing"`` (:mod:`batchcam.timing`).
     """
     from . import stats
+    from .timing import timing_entries
 
     design, runs, entries = design or {}, _runs(rows, configs), []
     for claim in CLAIMS:
@@ -183,11 +179,11 @@ def build(rows: Sequence[Mapping], configs: Sequence[Any], *, design: Optional[M
             "protocol": {"seeds_planned": PLANNED_SEEDS, "alpha": alpha, "family": FAMILY,
                          "correction": "Holm across the family", "test": "paired t (permutation below 5 pairs)",
                          "margins": MARGINS, "scope": SCOPE, "note": note},
-            "design": dict(design), "entries": entries}
+            "design": dict(design), "entries": entries, "timing": timing_entries(bench, alpha)}
 
 
 def write(content: Mapping, path: Optional[Path] = None) -> Path:
-    """Write ``results/verdicts.json`` atomically with its ``record_sha256`` (chapter 6)."""
+    """Write ``results/verdicts.json`` atomically with its ``record_sha256`` (chapter 7)."""
     from ._helpers import atomic_write_json
     from .digest import with_hash
     from .results import results_root

@@ -1,4 +1,4 @@
-"""Interactive explorer of images, Grad-CAM maps, reconstructions and prototypes (chapter 4).
+"""Interactive explorer of images, Grad-CAM maps, reconstructions and prototypes (chapter 5).
 
 The HTML book cannot run Python, so every widget has a static twin: :func:`explorer_figure` draws
 exactly what the widget shows for one choice of the controls. The explorer opens on a class whose

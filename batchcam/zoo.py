@@ -1,4 +1,4 @@
-"""Small trained models for the chapters: train once, cache, reload (chapters 2–5).
+"""Small trained models for the chapters: train once, cache, reload (chapters 2–6).
 
 The notebooks need a model that has learned something, but should not spend a minute
 re-training the same one in every chapter. :func:`cached_fit` runs :func:`batchcam.train.fit`
@@ -25,7 +25,7 @@ __all__ = ["cached_fit", "cache_root"]
 
 
 def cache_root() -> Path:
-    """Default cache folder of :func:`cached_fit` (chapter 5), ``<data root>/models``: records in ``runs/``,
+    """Default cache folder of :func:`cached_fit` (chapter 6), ``<data root>/models``: records in ``runs/``,
     checkpoints in ``checkpoints/``."""
     return default_data_root() / "models"
 
@@ -35,12 +35,12 @@ def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None
     """Train ``config`` unless a finished run of it is cached; return ``(model in eval mode, record)``.
 
     The record is the same JSON that ``python -m batchcam train`` writes
-    (``record["final"]["accuracy"]`` etc.). The model maps [B, 1, S, S] → logits [B, 10]. Chapter 5
-    explains the training; chapters 2–5 load their models with it.
+    (``record["final"]["accuracy"]`` etc.). The model maps [B, 1, S, S] → logits [B, 10]. Chapter 6
+    explains the training; chapters 2–6 load their models with it.
 
     ``permute_labels=seed`` trains on the same images with their training labels randomly
     permuted (``torch.randperm`` under that seed): the *data randomisation* sanity check of
-    chapter 7. The prototypes are then the class means under the permuted labels, the test set
+    chapter 8. The prototypes are then the class means under the permuted labels, the test set
     keeps its true labels, the run is cached apart (``<cache>/permuted-labels-<seed>``) and its
     record says ``record["permuted_labels_seed"]``.
     """

@@ -1,9 +1,9 @@
-"""Time deletion + insertion AUC over the test set (chapter 7's speed figure) and record it.
+"""Time deletion + insertion AUC over the test set (chapter 8's speed figure) and record it.
 
     python scripts/bench_faithfulness.py              # 10 000 MNIST test images, 28 steps
     python scripts/bench_faithfulness.py --n 2000     # 2 000 images, times scaled to 10 000
 
-The model is chapter 7's small SimpleCNN (``ce``, one epoch on 6 000 digits, cached by
+The model is chapter 8's small SimpleCNN (``ce``, one epoch on 6 000 digits, cached by
 ``batchcam.zoo.cached_fit``); its Grad-CAM maps of the true classes are scored with
 ``faithfulness.deletion_insertion`` (zero baseline) three ways: the eager model (on the first
 ``--n-eager`` images only: it is the slow reference), the TorchScript inference copy
@@ -47,7 +47,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     config = bc.TrainConfig(dataset="mnist", model="simplecnn", objective="ce", epochs=1, n_train=6000,
                             n_test=1000, device="cpu", eval_cam_loop_samples=0)
-    model, _ = cached_fit(config)  # chapter 7's small model
+    model, _ = cached_fit(config)  # chapter 8's small model
     model.eval()
     x, y = data.load_split("mnist", train=False, n=args.n, seed=0)
     x = x.float() / 255

@@ -1,4 +1,4 @@
-"""Calibrate our Decoy-MNIST generator and input-gradient penalty against Ross et al.'s published setting (chapter 8).
+"""Calibrate our Decoy-MNIST generator and input-gradient penalty against Ross et al.'s published setting (chapter 9).
 
     python scripts/calibrate_decoy.py                      # 3 seeds, 64 epochs: results/bench/
     python scripts/calibrate_decoy.py --out /tmp/try       # the record goes to /tmp/try instead

@@ -1,4 +1,4 @@
-"""Add behaviour probes to results/behaviour.json (chapter 6, ``batchcam.behaviour``).
+"""Add behaviour probes to results/behaviour.json (chapter 7, ``batchcam.behaviour``).
 
     python scripts/fingerprint.py                 # the working tree's code
     python scripts/fingerprint.py --commit cec57a1 --commit e083a71   # older code versions

@@ -1,4 +1,4 @@
-"""One-off migration (chapter 6): add ``record_sha256`` to every committed record that lacks it.
+"""One-off migration (chapter 7): add ``record_sha256`` to every committed record that lacks it.
 
     python scripts/migrate_records.py [--root results]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU-scale reproduction behind chapters 5 and 6, as run on a 2-core machine (records go to
+# The CPU-scale reproduction behind chapters 6 and 7, as run on a 2-core machine (records go to
 # results/runs/). Recorded runs are skipped, so this is safe to re-run; an interrupted run resumes.
 # Runs refuse a dirty working tree: commit first (records name the commit they were made at).
 set -euo pipefail
@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 # the evaluation settings of the committed records (64 images timed with the per-image loop,
 # 200 scored by deletion/insertion), so that their runs are recognised and skipped. About 2 min
 # per trained run on an idle 2-core machine (any objective: the GAP head keeps the double backward
-# cheap) and under 1 min per untrained one; chapter 6 reports each record's time.
+# cheap) and under 1 min per untrained one; chapter 7 reports each record's time.
 for obj in ce ce+proto+batchcam ce+proto ce+batchcam; do
   extra=(); [ "$obj" != ce ] && extra=(--no-random-baseline)
   $PY -m batchcam reproduce --grid paper --models simplecnn --objectives "$obj" "${extra[@]}" \

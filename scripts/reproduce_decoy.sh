@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chapter 8's Decoy-MNIST and Decoy-Fashion-MNIST grid on CPU (records go to results/runs/):
+# Chapter 9's Decoy-MNIST and Decoy-Fashion-MNIST grid on CPU (records go to results/runs/):
 # SimpleCNN, 2 epochs, 3 seeds, eight cells per dataset (batchcam.grid.DECOY_CELLS), on a
 # 20 000-image training subset (drawn with each run's seed; all 10 000 test images): about
 # 1 min per run on a 2-core CPU; N_TRAIN= (empty) runs at full data, about 2 min per run.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind chapter 6's verdicts, in priority order, on a CPU (records go to results/runs/):
+# The runs behind chapter 7's verdicts, in priority order, on a CPU (records go to results/runs/):
 # 1. the learning-rate choice on the validation split (grid 'tuning': ce, seed 100, 3 rates, 2 datasets);
 # 2. the verdict grid: SimpleCNN × 4 objectives × 2 datasets × seeds 0-9 at the rate chosen on
 #    validation (plus the untrained model for seeds 0-2), whole seeds first.

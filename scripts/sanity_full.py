@@ -1,4 +1,4 @@
-"""Sanity checks at full scale (chapter 7; Adebayo et al. 2018), written as records under results/sanity/.
+"""Sanity checks at full scale (chapter 8; Adebayo et al. 2018), written as records under results/sanity/.
 
     python scripts/sanity_full.py cascade [--seeds 0 1 2] [--n 500]      # on the verdict grid's checkpoints
     python scripts/sanity_full.py data [--datasets mnist] [--seeds 0] [--n-train 5000] [--epochs 60]

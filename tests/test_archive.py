@@ -1,4 +1,4 @@
-"""``python -m batchcam unpack ARCHIVE`` against good, truncated, corrupt and hostile archives (chapter 6).
+"""``python -m batchcam unpack ARCHIVE`` against good, truncated, corrupt and hostile archives (chapter 7).
 
 Every archive is built here with ``tarfile`` in ``tmp_path``: a good one the way ``gpu-run`` packs
 it (``batchcam.gpu._pack``), then one defect at a time. A bad archive exits 2 with one line and

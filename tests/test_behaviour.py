@@ -1,5 +1,5 @@
 """Behaviour probes: a code change that computes the same numbers keeps records current, one that
-changes a number makes them stale; the committed probe of this code is the code's (chapter 6)."""
+changes a number makes them stale; the committed probe of this code is the code's (chapter 7)."""
 
 import json
 

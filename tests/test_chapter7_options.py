@@ -1,4 +1,4 @@
-"""Chapter 7's options: the RRR-G penalty, the Batch-CAM loss without stop-gradient, min-max training
+"""Chapter 8's options: the RRR-G penalty, the Batch-CAM loss without stop-gradient, min-max training
 maps, the decoy patches through the loader and the evaluation, the decoy grid, and the run ids of
 older records (options added later stay out of their hash). Each against a slow reference here."""
 

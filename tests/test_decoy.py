@@ -1,4 +1,4 @@
-"""Decoy-MNIST construction rules (chapter 7), the relevance mass and the records' SHA-256."""
+"""Decoy-MNIST construction rules (chapter 9), the relevance mass and the records' SHA-256."""
 
 import hashlib
 

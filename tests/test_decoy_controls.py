@@ -1,4 +1,4 @@
-"""Chapter 8's controls: reliance, the area-normalised relevance mass, the stronger decoy patches, Ross's
+"""Chapter 9's controls: reliance, the area-normalised relevance mass, the stronger decoy patches, Ross's
 input-gradient penalty (ce+rrr-input), the validation split of decoy runs and the decoy verdict grid."""
 
 import json

@@ -1,4 +1,4 @@
-"""One run on several processes (``batchcam.distributed``, chapter 6), on CPU with gloo.
+"""One run on several processes (``batchcam.distributed``, chapter 7), on CPU with gloo.
 
 Two processes with half of each batch must give the loss and the parameter gradients of one
 process with the whole batch, for every objective: the Batch-CAM Loss's class means come from the
@@ -22,8 +22,8 @@ from _tiny import TinyCNN
 
 from batchcam import distributed
 from batchcam.data import TensorLoader
+from batchcam.loop import train_one_epoch
 from batchcam.losses import OBJECTIVES, Objective, objective_loss
-from batchcam.train import train_one_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 WORLD = 2
@@ -54,8 +54,8 @@ def _step(model, layer, objective, x, y, prototypes, reduce=None, weight=1.0):
 def _one_epoch(model, loader, layer, prototypes, reduce=None):
     torch.manual_seed(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    stats = train_one_epoch(model, Objective.from_name("ce+proto+batchcam", num_classes=4), loader, opt,
-                            layer=layer, prototypes=prototypes, reduce=reduce)
+    objective = Objective.from_name("ce+proto+batchcam", num_classes=4).bind(layer, prototypes, reduce=reduce)
+    stats = train_one_epoch(model, objective, loader, opt)
     return stats, [p.detach().clone() for p in model.parameters()]
 
 

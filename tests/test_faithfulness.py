@@ -1,4 +1,4 @@
-"""Faithfulness metrics (chapter 7): deletion/insertion against an independent per-image loop,
+"""Faithfulness metrics (chapter 8): deletion/insertion against an independent per-image loop,
 ROAD against pytorch-grad-cam, sanity properties, baseline maps, and the speed on 10 000 images."""
 
 import os

@@ -1,4 +1,4 @@
-"""The experiment grids (``batchcam.grid``): the paper grid's axes and order, and chapter 7's
+"""The experiment grids (``batchcam.grid``): the paper grid's axes and order, and chapter 8's
 ablations — each changes exactly one choice of the paper cell, and ``variant`` names it back."""
 
 import dataclasses
@@ -59,12 +59,12 @@ def test_the_command_line_keeps_the_ablation_recipe(tmp_path):
     assert {c.lr for c in ablation_grid(seeds=[0], **overrides)} == {1e-3}
 
 
-def test_the_command_line_knows_the_ablation_grid(usage_error, capsys):
+def test_the_command_line_knows_the_ablation_grid(usage_error, capsys, tmp_path):
     import batchcam.cli as cli
 
     assert set(GRIDS) == {"paper", "ablations", "decoy", "tuning", "verdict", "decoy-verdict"}
     assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
-                     "--dry-run"]) == 0
+                     "--dry-run", "--out-dir", str(tmp_path)]) == 0  # an empty folder: every run pending
     out = capsys.readouterr().out
     assert out.startswith("grid ablations: 15 runs") and "-hirescam-" in out
     assert "lp0.1-lb0.1" in out and "Lfeatures.9" in out
@@ -84,3 +84,16 @@ def test_a_loss_at_a_layer_before_a_batchnorm_is_refused_in_training(tiny_config
 
     with pytest.raises(SampleMixingError, match="features.11"):
         fit(tiny_config(objective="ce+proto+batchcam", layer="features.9", epochs=1), progress=False)
+
+
+def test_the_grids_own_their_evaluation_settings():
+    """Issue 22: `reproduce --grid paper --dry-run` (the README's example) names the run ids the committed
+    CPU records carry, so none of the recorded SimpleCNN cells shows as pending."""
+    from batchcam.results import load_runs
+
+    recorded = {r["run_id"] for r in load_runs()}
+    simple = [c for c in paper_grid(models=("simplecnn",))]
+    if not any(c.run_id in recorded for c in simple):
+        pytest.skip("no SimpleCNN paper-grid record committed")
+    assert [c.run_id for c in simple if c.run_id not in recorded] == []
+    assert all(c.eval_faithfulness_samples == 200 for c in simple)

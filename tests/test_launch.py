@@ -1,4 +1,4 @@
-"""The grid on a cluster: ``reproduce --launcher submitit`` (``batchcam.launch``, chapter 6).
+"""The grid on a cluster: ``reproduce --launcher submitit`` (``batchcam.launch``, chapter 7).
 
 submitit's local executor runs two tiny real runs in background jobs; the debug executor runs in
 this process on synthetic data; a fake ``sbatch`` / ``sacct`` / ``srun`` on ``PATH`` checks the

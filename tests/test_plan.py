@@ -1,4 +1,4 @@
-"""The GPU planner and its cost model (``batchcam.plan``; chapter 6): the grid's priority order, the recipes,
+"""The GPU planner and its cost model (``batchcam.plan``; chapter 7): the grid's priority order, the recipes,
 device names and the autocast rule, the anchored prices and their scaling, calibration and run records taking
 over from the extrapolation, the split into commands, and ``gpu-run --plan`` (no GPU, no training).
 """
@@ -57,7 +57,7 @@ def test_gpu_grid_is_seed_major_with_the_recipe_and_untrained_runs_for_seeds_0_t
         assert r.image_size == (96 if c.model == "convnextv2_tiny" else 28) and r.epochs in (0, 3)
     paper = P.gpu_grid([0], "paper")
     assert {(c.model, c.resolved().image_size, c.n_train, c.eval_faithfulness_samples) for c in paper} == {
-        ("resnet18", 28, None, 500), ("convnextv2_tiny", 112, None, 500)}
+        ("resnet18", 28, None, 200), ("convnextv2_tiny", 112, None, 200)}  # grid.EVAL_SETTINGS
 
 
 def test_unknown_recipe_is_refused():

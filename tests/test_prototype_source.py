@@ -1,4 +1,4 @@
-"""Chapter 7's prototype source ``ce-maps``: the Prototype Loss pulls the maps towards the
+"""Chapter 8's prototype source ``ce-maps``: the Prototype Loss pulls the maps towards the
 class-mean Grad-CAM maps of the trained ``ce`` model of the same seed. Checked against a slow
 per-image reference written here, and for the reuse of the teacher's checkpoint."""
 

@@ -1,4 +1,4 @@
-"""The committed records found by a package installed outside the repository (chapter 6)."""
+"""The committed records found by a package installed outside the repository (chapter 7)."""
 
 import json
 import os

@@ -1,9 +1,9 @@
-"""Chapter 6's tables and verdicts (``batchcam.report``), computed from records only: which scale a
+"""Chapter 7's tables and verdicts (``batchcam.report``), computed from records only: which scale a
 cell uses, who votes, the claims of v1 and v2, collapse, and the table's two forms."""
 
 import pytest
 
-from batchcam import report
+from batchcam import claims, report
 from batchcam.results import load_runs, write_run
 
 CE, FULL = "ce", "ce+proto+batchcam"
@@ -31,7 +31,7 @@ def seeds(objective, n=3, spread=0.001, **metrics):
 
 
 def verdicts(rows, **kw):
-    return {(c["version"], c["claim"]): c["verdict"] for c in report.claims(report.aggregate(rows), **kw)}
+    return {(c["version"], c["claim"]): c["verdict"] for c in claims.claims(report.aggregate(rows), **kw)}
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -95,7 +95,7 @@ def test_a_full_data_cell_is_never_compared_with_a_subset_cell():
     assert agg[("mnist", "simplecnn", CE)]["votes"] and agg[("mnist", "simplecnn", FULL)]["votes"]
     v = verdicts(rows)
     assert v[("v2", "competitive accuracy")].startswith("not testable")
-    claim = next(c for c in report.claims(agg) if c["claim"] == "competitive accuracy")
+    claim = next(c for c in claims.claims(agg) if c["claim"] == "competitive accuracy")
     assert any("shown, not counted" in e and "cpu-subset" in e for e in claim["evidence"])
     same = seeds(CE, accuracy=0.99) + seeds(FULL, accuracy=0.90)
     assert verdicts(same)[("v2", "competitive accuracy")] == "not supported"
@@ -105,12 +105,12 @@ def test_a_full_data_cell_is_never_compared_with_a_subset_cell():
 
 
 def test_claims_cover_v1_and_v2():
-    claims = report.claims(report.aggregate(seeds(CE) + seeds(FULL)))
-    names = {(c["version"], c["claim"]) for c in claims}
+    found = claims.claims(report.aggregate(seeds(CE) + seeds(FULL)))
+    names = {(c["version"], c["claim"]) for c in found}
     assert {("v1", "better accuracy"), ("v1", "better reconstruction quality"), ("v1", "lower training time"),
             ("v1", "lower inference time"), ("v2", "competitive accuracy"), ("v2", "more coherent saliency maps"),
             ("v2", "minimal computational overhead"), ("v2", "suppresses spurious features")} <= names
-    assert all({"version", "claim", "test", "verdict", "evidence"} <= set(c) for c in claims)
+    assert all({"version", "claim", "test", "verdict", "evidence"} <= set(c) for c in found)
 
 
 def test_accuracy_claims():
@@ -131,7 +131,7 @@ def test_better_reconstruction_needs_to_beat_the_blank_map():
     # the objective beats ce, the input image and the untrained model, but the blank map does better
     rows = seeds(CE, **base, blank_l1=0.05, blank_ssim=0.70) + seeds(FULL, **good)
     assert verdicts(rows)[("v1", "better reconstruction quality")] == "not supported"
-    claim = next(c for c in report.claims(report.aggregate(rows)) if c["claim"] == "better reconstruction quality")
+    claim = next(c for c in claims.claims(report.aggregate(rows)) if c["claim"] == "better reconstruction quality")
     assert "blank no" in claim["evidence"][0] and "ce yes" in claim["evidence"][0]
     # and the untrained model, when recorded, is one more reference to beat
     random_wins = seeds(CE, **base) + seeds(FULL, **good) + [row(epochs=0, seed=s, l1=0.01, ssim=0.9) for s in range(3)]

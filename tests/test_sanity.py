@@ -1,4 +1,4 @@
-"""Sanity checks (chapter 7): ranks and Spearman against scipy, cascading randomisation on a tiny
+"""Sanity checks (chapter 8): ranks and Spearman against scipy, cascading randomisation on a tiny
 GAP-head model (the logits layer changes the maps; an identity "randomisation" changes nothing)."""
 
 import copy

@@ -1,4 +1,4 @@
-"""The evidence protocol of chapter 6 (batchcam/stats.py): compare against scipy called directly and against a
+"""The evidence protocol of chapter 7 (batchcam/stats.py): compare against scipy called directly and against a
 hand computation, the nominal false-positive rate and the power by simulation, Holm on a worked example, every
 verdict of ``decide``, and the errors for bad inputs. Every simulation has a fixed seed."""
 

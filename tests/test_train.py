@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import batchcam.config as C
+import batchcam.losses as L
 import batchcam.train as T
 from batchcam.config import TrainConfig
 from batchcam.data import TensorLoader
+from batchcam.loop import NonFiniteLossError, train_one_epoch
 from batchcam.losses import OBJECTIVES, Objective, objective_loss
 from batchcam.results import record_from_run
-from batchcam.train import NonFiniteLossError, checkpoint_path, fit, load_checkpoint, train_one_epoch
+from batchcam.train import checkpoint_path, fit, load_checkpoint
 
 TIME_KEYS = {"train_time_s", "eval_time_s"}
 
@@ -152,7 +154,7 @@ def test_train_one_epoch_on_one_batch_is_one_manual_step(TinyNet, synthetic, nam
     objective = Objective.from_name(name, "l1", 0.7, 1.3)
     loader = TensorLoader(images, labels, 16)
 
-    out = train_one_epoch(model_a, objective, loader, opt_a, layer="features", prototypes=protos)
+    out = train_one_epoch(model_a, objective.bind("features", protos), loader, opt_a)
 
     x, y = next(iter(TensorLoader(images, labels, 16)))
     terms, logits = objective_loss(objective, model_b, x, y, layer="features", prototypes=protos)
@@ -169,18 +171,33 @@ def test_train_one_epoch_on_one_batch_is_one_manual_step(TinyNet, synthetic, nam
 
 
 def test_train_one_epoch_raises_on_a_non_finite_loss(TinyNet, synthetic, monkeypatch):
-    real = T.objective_loss
+    real = L.objective_loss
 
     def nan_loss(*args, **kwargs):
         terms, logits = real(*args, **kwargs)
         return {**terms, "total": terms["total"] * float("nan")}, logits
 
-    monkeypatch.setattr(T, "objective_loss", nan_loss)
+    monkeypatch.setattr(L, "objective_loss", nan_loss)
     model = TinyNet().train()
     images, labels = synthetic(16, 0)
     with pytest.raises(NonFiniteLossError, match="not finite.*No record was written"):
+        train_one_epoch(model, Objective.from_name("ce").bind("features"), TensorLoader(images, labels, 8),
+                        torch.optim.SGD(model.parameters(), 0.1))
+
+
+def test_train_one_epoch_refuses_an_unbound_objective(TinyNet, synthetic):
+    images, labels = synthetic(8, 0)
+    model = TinyNet()
+    with pytest.raises(TypeError, match=r"objective\.bind\(layer, prototypes\)"):
         train_one_epoch(model, Objective.from_name("ce"), TensorLoader(images, labels, 8),
-                        torch.optim.SGD(model.parameters(), 0.1), layer="features", prototypes=None)
+                        torch.optim.SGD(model.parameters(), 0.1))
+
+
+def test_train_one_epoch_takes_at_most_five_parameters():
+    """Issue 22: the loss's arguments are bound once in the objective, not passed to the loop."""
+    import inspect
+
+    assert len(inspect.signature(train_one_epoch).parameters) <= 5
 
 
 # --------------------------------------------------------------------------- fit
@@ -307,3 +324,31 @@ def test_evaluate_restores_the_mode_and_time_gradcam_scales(TinyNet, synthetic):
     assert not model.training
     assert timing["loop_samples"] == 5 and timing["loop_s_scaled"] == pytest.approx(timing["loop_s"] * 4)
     assert T.time_gradcam(model, images, labels, layer="features", n_loop=0)["loop_s"] is None
+
+
+def test_an_fp16_loss_scaler_gives_the_plain_step(TinyNet, synthetic):
+    """Issue 25: with a GradScaler (fp16 training's) the epoch's losses and weights are the plain path's:
+    the scale multiplies the loss and divides the gradients again before the step (float32 here, on CPU)."""
+    images, labels = synthetic(32, 0)
+    protos = torch.rand(10, 28, 28)
+    out, params = [], []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)):
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        bound = Objective.from_name("ce+proto+batchcam", num_classes=10).bind("features", protos, scaler=scaler)
+        out.append(train_one_epoch(model, bound, TensorLoader(images, labels, 8), opt))
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert out[0].keys() == out[1].keys()
+    for k in out[0]:
+        assert out[1][k] == pytest.approx(out[0][k], rel=1e-5, abs=1e-6), k
+    assert torch.allclose(params[0], params[1], rtol=1e-4, atol=1e-6)
+
+
+def test_the_amp_dtype_changes_the_run_id_only_where_autocast_runs():
+    """A CPU run ignores autocast, so --amp-dtype fp16 there is the same run; the default keeps old ids."""
+    base = TrainConfig(dataset="mnist", objective="ce", device="cpu")
+    assert TrainConfig(dataset="mnist", objective="ce", device="cpu", amp_dtype="fp16").run_id == base.run_id
+    assert "amp_dtype" not in base.result_fields()
+    with pytest.raises(ValueError, match="amp-dtype"):
+        TrainConfig(dataset="mnist", objective="ce", device="cpu", amp_dtype="fp8").validate()

@@ -51,6 +51,15 @@ def test_every_claim_of_both_versions_has_entries():
     assert all(e["scope"] == V.SCOPE and e["family"] == V.FAMILY for e in content["entries"])
 
 
+def test_the_timing_claims_are_their_own_family():
+    content = V.build(*_grid(range(10)))
+    from batchcam.timing import FAMILY, TIMING_CLAIMS
+
+    assert [e["claim"] for e in content["timing"]] == [c[0] for c in TIMING_CLAIMS]
+    assert {e["family"] for e in content["timing"]} == {FAMILY} != {V.FAMILY}
+    assert not {e["claim"] for e in content["timing"]} & {e["claim"] for e in content["entries"]}
+
+
 def test_entries_are_recomputed_by_an_independent_implementation():
     rows, configs = _grid(range(10), shift={("mnist", "ce+proto+batchcam"): 0.01})
     content = V.build(rows, configs)
@@ -105,8 +114,9 @@ def test_the_committed_file_matches_the_committed_records():
         configs = grid.verdict_grid()
     except ValueError:
         configs = []
-    fresh = V.build(rows, configs, design=V.design_from(rows), note=stored["protocol"]["note"])
-    assert [{k: v for k, v in e.items()} for e in fresh["entries"]] == stored["entries"], (
+    fresh = V.build(rows, configs, design=V.design_from(rows), note=stored["protocol"]["note"],
+                    bench=results.latest_bench("cpu", preset="verdict"))
+    assert fresh["entries"] == stored["entries"] and fresh["timing"] == stored.get("timing"), (
         "results/verdicts.json is not what the records give: run `python -m batchcam verdicts` and commit it")
     for e in stored["entries"]:
         if e["test"]:

@@ -1,5 +1,5 @@
 """``zoo.cached_fit``: trains once, reloads the same model, and trains on permuted labels apart
-(chapter 7's data-randomisation check)."""
+(chapter 8's data-randomisation check)."""
 
 import pytest
 import torch

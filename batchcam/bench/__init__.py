@@ -1,5 +1,5 @@
 """Speed benchmark: batch Grad-CAM against the per-image loop, pytorch-grad-cam and Captum (chapter 3,
-"speed"), and the cost of the two losses in a training step (chapter 5, "cost of the losses").
+"speed"), and the cost of the two losses in a training step (chapter 6, "cost of the losses").
 
 ``python -m batchcam bench [--quick | --preset NAME] [flags]`` runs :func:`run_benchmark` on a
 :class:`BenchConfig` and hands the record to :func:`batchcam.results.write_bench_record`.
@@ -32,7 +32,7 @@ def rows(record: dict, kind: str = "cam", model: Optional[str] = None, image_siz
 
     ``kind="cam"`` (chapter 3): ``{"model", "image_size", "batch_size", "method", "ms", "iqr_ms",
     "to_forward", "to_batch_gradcam"}``, ready for :func:`batchcam.plots.timing_plot`.
-    ``kind="train"`` (chapter 5): the same with ``method`` = ``"ce"``, ``"ce+proto:l1"``, ... and
+    ``kind="train"`` (chapter 6): the same with ``method`` = ``"ce"``, ``"ce+proto:l1"``, ... and
     ``to_ce`` (a step's time over a ``ce`` step). Failed methods are left out; a ratio to a failed
     base is None.
     """
@@ -51,7 +51,7 @@ def rows(record: dict, kind: str = "cam", model: Optional[str] = None, image_siz
 def format_summary(record: dict) -> str:
     """Plain text: per Grad-CAM configuration the forward time, the ratios to the batch Grad-CAM and
     the largest map difference (maps [B, H, W]); per training configuration each step's time over a
-    ``ce`` step (chapter 3, "speed"; chapter 5 for the training steps)."""
+    ``ce`` step (chapter 3, "speed"; chapter 6 for the training steps)."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     table = {(r["model"], r["image_size"], r["batch_size"], r["method"]): r for r in rows(record)}
     lines = ["model:size            B   fwd ms  batch/fwd loop/batch pgc/batch captum/batch  max|Δ| maps"]

@@ -1,6 +1,6 @@
 """What one benchmark run measures: model cases, presets, the configuration and its flags.
 
-Chapter 3 ("speed") and chapter 5 ("cost of the losses"). A model case is written ``NAME`` or
+Chapter 3 ("speed") and chapter 6 ("cost of the losses"). A model case is written ``NAME`` or
 ``NAME:SIZE`` (``resnet18:112``); it is parsed once, here, into a :class:`ModelCase`, and every
 value is checked when a :class:`BenchConfig` is built, before any work: a bad value raises a
 ``ValueError`` that names the problem and the fix.
@@ -11,6 +11,9 @@ Presets (``--preset``; ``--quick`` is ``--preset quick``):
   smoke test of every CUDA path with ``--device cuda``. Its records are marked ``quick``.
 - ``cpu`` (the default on a CPU): SimpleCNN and ResNet-18 at 28 px, batches 1–256, and their
   training steps; a few minutes on two cores.
+- ``verdict``: SimpleCNN at 28 px, batch 128 (the verdict grid's), forward / batch Grad-CAM / loop and
+  the four training steps with L1, 25 interleaved rounds each: the timing verdicts of chapter 7
+  (:mod:`batchcam.timing`); about two minutes on two cores.
 - ``gpu-short``: ResNet-18 and ConvNeXt-V2-Tiny at 112 px, batches 1, 64 and 256 (the batch
   against the per-image loop at B = 256), the ResNet-18 training step with L1 and SSIM; about
   a minute on an H200.
@@ -47,6 +50,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(models=("simplecnn:28",), batch_sizes=(2, 8), train_models=("simplecnn:28",), train_batch=8,
                   rounds=3, min_run_time=0.05, budget_s=120.0, threads=1),
     "cpu": {},
+    # the timing verdicts (chapter 7, batchcam.timing): the verdict grid's model, image size and batch, ≥ 20
+    # interleaved rounds per method; no memory measurement (it would run between the timings)
+    "verdict": dict(models=("simplecnn:28",), batch_sizes=(128,), methods=("forward", "batch_gradcam", "gradcam_loop"),
+                    train_models=("simplecnn:28",), train_batch=128, distances=("l1",), rounds=25,
+                    min_run_time=12.5, memory=False, budget_s=600.0),
     "gpu-short": dict(device="cuda", models=("resnet18:112", "convnextv2_tiny:112"), batch_sizes=(1, 64, 256),
                       train_models=("resnet18:112",), distances=("l1", "ssim"), min_run_time=0.5, budget_s=110.0),
     "gpu": dict(device="cuda", models=_ALL_MODELS, train_models=_ALL_MODELS, budget_s=540.0),
@@ -117,7 +125,7 @@ class BenchConfig:
     models: tuple = ("simplecnn:28", "resnet18:28")  # Grad-CAM timings (chapter 3)
     batch_sizes: tuple = (1, 16, 64, 256)
     methods: tuple = tuple(METHODS)
-    train_models: tuple = ("simplecnn:28", "resnet18:28")  # training steps (chapter 5); empty: none
+    train_models: tuple = ("simplecnn:28", "resnet18:28")  # training steps (chapter 6); empty: none
     train_batch: int = 64
     distances: tuple = DISTANCES
     rounds: int = 3

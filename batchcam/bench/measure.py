@@ -1,7 +1,7 @@
 """Timing, the training step, peak memory and the benchmark record.
 
 Chapter 3 ("speed") reads the Grad-CAM timings: every method of :mod:`batchcam.bench.methods`
-on the same batch, with the check that their maps agree. Chapter 5 ("cost of the losses")
+on the same batch, with the check that their maps agree. Chapter 6 ("cost of the losses")
 reads the training steps: one optimiser step with each objective, timed against a ``ce`` step;
 the step calls :func:`batchcam.losses.objective_loss`, the function training runs.
 """
@@ -45,8 +45,10 @@ LIBRARIES = ("torch", "torchvision", "timm", "torchmetrics", "numpy", "captum", 
 def time_calls(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: float) -> dict[str, dict]:
     """Time each function of ``fns`` (``TIMING``); CUDA is synchronised around every block.
 
-    Returns ``{name: {"median_ms", "iqr_ms", "times_ms"}}`` (``times_ms``: per-call time of each
-    block), or ``{name: {"error": message}}`` for a function that raised (the others still run).
+    Returns ``{name: {"median_ms", "iqr_ms", "times_ms", "rounds_ms"}}`` (``times_ms``: per-call time of
+    each block; ``rounds_ms``: the median per-call time of each round, in round order, so that two methods
+    can be paired by round: ``batchcam.timing``), or ``{name: {"error": message}}`` for a function that
+    raised (the others still run).
     """
     timers = {n: Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) for n, fn in fns.items()}
     runs: dict[str, list[Measurement]] = {n: [] for n in fns}
@@ -62,7 +64,8 @@ def time_calls(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: flo
         if n not in out:
             (m,) = Measurement.merge(runs[n])
             out[n] = {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3,
-                      "times_ms": [round(t * 1e3, 5) for t in m.times]}
+                      "times_ms": [round(t * 1e3, 5) for t in m.times],
+                      "rounds_ms": [round(r.median * 1e3, 5) for r in runs[n]]}
     return {n: out[n] for n in fns}
 
 

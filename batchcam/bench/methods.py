@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._helpers import bf16_autocast
+from .._helpers import amp_autocast
 from ..cam import batch_gradcam, gradcam_loop, normalize_cam, resolve_layer
 from .config import REFERENCE
 
@@ -46,7 +46,7 @@ class Case:
         return tuple(self.x.shape[-2:])
 
     def autocast(self) -> ContextManager:
-        return bf16_autocast(self.x.device, self.amp)
+        return amp_autocast(self.x.device, self.amp)
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,15 @@ def build_methods(case: Case, names: Iterable[str]) -> tuple[dict[str, Method], 
 
 
 def compare_maps(maps: dict[str, torch.Tensor], reference: str = REFERENCE, atol: float = 1e-5) -> dict:
-    """Max abs difference of every set of maps [B, H, W] to ``maps[reference]``.
+    """Max abs difference of every set of maps [B, H, W] to ``maps[reference]``, and pass flags (chapter 3).
 
-    Returns ``{"reference", "atol", "methods": {label: {"max_abs_diff", "pass"}}, "pass"}``; a set
-    of another shape fails with ``max_abs_diff`` None; ``pass`` is False when nothing was compared.
+    Args:
+        maps: label -> maps [B, H, W], already normalised the same way (min-max per sample).
+        reference: the label the others are compared with.
+        atol: a set passes when its max abs difference is ≤ ``atol``.
+    Returns:
+        ``{"reference", "atol", "methods": {label: {"max_abs_diff", "pass"}}, "pass"}``; a set of the
+        wrong shape fails with ``max_abs_diff`` None; ``pass`` is False when nothing was compared.
     """
     ref = maps[reference].double()
     per = {}

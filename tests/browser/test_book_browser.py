@@ -18,6 +18,9 @@ read well offline). On each page:
 - every link into the book resolves: the file exists and its `#anchor` is an id of that page;
 - a notebook page has a visible Colab launch link to its own notebook.
 
+And on the explorer page (chapter 5), still offline: changing the dataset, the model and the class
+in the pre-rendered explorer changes the picture shown (test_static_explorer_works_offline).
+
 Screenshots (full page, both widths) go to $BATCHCAM_SHOTS when it is set (`make browser-test`
 sets /tmp/shots).
 
@@ -55,18 +58,17 @@ SHOTS = os.environ.get("BATCHCAM_SHOTS", "")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # The only requests to other hosts the book may make (blocked here: the test runs offline).
-# - the Colab badge image;
-# - the ipywidgets HTML manager that myst-nb loads on a page with saved widget state (chapter 4).
-#   No PyPI package ships it; offline the widget area stays blank, and every widget has a static
-#   twin figure next to it (shared/NOTEBOOKS.md).
+# - the Colab badge image.
+# No scripts: myst-nb's ipywidgets HTML manager (require.js and @jupyter-widgets/html-manager
+# from CDNs; not in the ipywidgets, widgetsnbextension or jupyterlab_widgets wheels) is switched
+# off (`nb_ipywidgets_js: {}` in _config.yml). The live explorer widget of chapter 5 hides its
+# output in the book, which shows a pre-rendered explorer instead: <select> menus and inline
+# JavaScript switching PNGs stored in the page.
 # A notebook figure (150 dpi, 9-pt labels = 18.75 px of the image) is shown at >= this many CSS
 # px per image pixel, so its labels stay >= 9 px: on a phone it scrolls sideways (_static/book.css).
 MIN_FIGURE_SCALE = 0.5
 ALLOWED_EXTERNAL_IMAGES = (re.compile(r"^https://colab\.research\.google\.com/assets/colab-badge\.svg$"),)
-ALLOWED_EXTERNAL_SCRIPTS = (
-    re.compile(r"^https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[\d.]+/require\.min\.js$"),
-    re.compile(r"^https://cdn\.jsdelivr\.net/npm/@jupyter-widgets/html-manager@[\d.]+/dist/embed-amd\.js$"),
-)
+ALLOWED_EXTERNAL_SCRIPTS: tuple[re.Pattern, ...] = ()
 SOURCES = ["_config.yml", "_toc.yml", "book/*.ipynb", "book/*.md", "book/*.bib"]
 HOW_TO = ("to run it: `apt-get install -y chromium` (or set CHROMIUM=/path/to/chrome), "
           "`pip install -r requirements.txt` (playwright; do not run `playwright install`), then "
@@ -364,3 +366,63 @@ def test_page_reads_well(site, browser, page, width):
         elif not any(c["visible"] for c in own):
             problems.append("the Colab launch links to this notebook are all hidden")
     assert not problems, f"{page}.html at {vw} px:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+# --- the pre-rendered explorer ------------------------------------------------------------------
+
+EXPLORER_PAGE = "book/05_coherence_and_explorer"
+JS_EXPLORER_IMAGE = """() => {
+  const img = document.querySelector('#explorer-static img');
+  if (!img) return null;
+  const r = img.getBoundingClientRect();
+  return {src: img.src, alt: img.alt, complete: img.complete, w: img.naturalWidth, shown: r.width,
+          classes: Array.from(document.querySelectorAll('#explorer-static select'))
+                        .map(s => s.options.length),
+          firstClass: document.querySelectorAll('#explorer-static select')[2].options[0].text};
+}"""
+
+
+def test_static_explorer_works_offline(site, browser):
+    """With every other host blocked, each menu of the pre-rendered explorer switches the picture."""
+    if EXPLORER_PAGE not in PAGES:
+        pytest.fail(f"{EXPLORER_PAGE} is not in _toc.yml")
+    blocked = []
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+
+    def route(r):
+        if r.request.url.startswith(site) or r.request.url.startswith("data:"):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    tab = context.new_page()
+    try:
+        tab.goto(site + EXPLORER_PAGE + ".html", wait_until="load", timeout=30000)
+        loaded = "() => { const i = document.querySelector('#explorer-static img');" \
+                 " return !!i && i.complete && i.naturalWidth > 0; }"
+        tab.wait_for_function(loaded, timeout=10000)
+        img = tab.locator("#explorer-static img")
+        img.scroll_into_view_if_needed()
+        state = tab.evaluate(JS_EXPLORER_IMAGE)
+        assert state["classes"][2] == 10 and state["shown"] > 0, state
+        seen = {state["src"]: img.screenshot()}
+        for menu, value in (("dataset", "fashion-mnist"), ("model", "simplecnn (untrained)"),
+                            ("class", "7")):
+            tab.locator("#explorer-static label", has_text=menu).locator("select").select_option(value)
+            tab.wait_for_function(loaded, timeout=10000)
+            new = tab.evaluate(JS_EXPLORER_IMAGE)
+            if new["src"] in seen:   # (pytest.fail: no dump of the data URIs)
+                pytest.fail(f"choosing {menu} = {value} did not change the picture", pytrace=False)
+            shot = img.screenshot()
+            if shot in seen.values():
+                pytest.fail(f"choosing {menu} = {value}: the picture on screen is the same", pytrace=False)
+            assert new["w"] > 0 and new["shown"] > 0, new
+            seen[new["src"]] = shot
+        assert "fashion-mnist" in new["alt"] and "untrained" in new["alt"] and "class 7" in new["alt"], new
+        assert new["firstClass"].startswith("0: T-shirt"), new["firstClass"]
+    finally:
+        context.close()
+    others = [u for u in blocked if not any(p.match(u) for p in ALLOWED_EXTERNAL_IMAGES)]
+    assert not others, f"requests to other hosts (blocked: the explorer must work offline): {others}"
