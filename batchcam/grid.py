@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 from .config import LATER_FIELDS, TrainConfig
 from .data import DATASETS
 from .losses import OBJECTIVES
-from .results import is_complete
+from .results import is_complete, results_root
 
 __all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "EVAL_SETTINGS", "ABLATIONS", "ABLATION_RECIPE", "DECOY_CELLS", "GRIDS",
            "paper_grid", "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant", "VERDICT_SEEDS",
@@ -216,6 +216,14 @@ def tuning_grid(seeds: Sequence[int] = (TUNING_SEED,), datasets: Sequence[str] =
     return sorted(configs, key=lambda c: (c.seed, c.dataset, c.lr))
 
 
+def _runs_folder(config: TrainConfig, root: Optional[str | Path]) -> Path:
+    """Where a grid's records are: ``root``, else the committed records (``results_root("runs")``, found from
+    any working directory, e.g. a notebook in ``book/``) for the default ``out_dir``, else ``out_dir/runs``."""
+    if root is not None:
+        return Path(root)
+    return results_root("runs") if config.out_dir == "results" else Path(config.out_dir) / "runs"
+
+
 def select_lr(dataset: str, root: Optional[str | Path] = None, **overrides: Any) -> tuple[float, dict]:
     """The learning rate of the verdict grid for ``dataset``: the candidate whose tuning run has the
     highest validation accuracy after its last epoch (ties: the smaller rate), and
@@ -224,7 +232,7 @@ def select_lr(dataset: str, root: Optional[str | Path] = None, **overrides: Any)
 
     scores = {}
     for config in tuning_grid(datasets=[dataset], **overrides):
-        path = Path(root if root is not None else Path(config.out_dir) / "runs") / f"{config.run_id}.json"
+        path = _runs_folder(config, root) / f"{config.run_id}.json"
         if not is_complete(config.run_id, path.parent):
             raise ValueError(f"the learning rate is chosen on validation runs that are not recorded yet "
                              f"({config.run_id}); run: python -m batchcam reproduce --grid tuning")

@@ -97,3 +97,15 @@ def test_the_grids_own_their_evaluation_settings():
         pytest.skip("no SimpleCNN paper-grid record committed")
     assert [c.run_id for c in simple if c.run_id not in recorded] == []
     assert all(c.eval_faithfulness_samples == 200 for c in simple)
+
+
+def test_the_learning_rate_choice_reads_the_committed_records_from_any_folder(monkeypatch, tmp_path):
+    """A notebook runs in book/: select_lr (and so verdict_grid) must find results/runs from there."""
+    from batchcam.grid import select_lr
+
+    try:
+        expected = select_lr("mnist")
+    except ValueError:
+        pytest.skip("no tuning records committed")
+    monkeypatch.chdir(tmp_path)
+    assert select_lr("mnist") == expected
