@@ -13,6 +13,7 @@ rest of the model a copy of ``A``, so an in-place operation after it (``out += i
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -110,7 +111,9 @@ def _cam(weight_fn: WeightFn, name: str, acts: list[torch.Tensor], grads: Sequen
     """Maps [B, H, W] from each layer's ``A`` and ``∂s/∂A``, computed in float32 or wider with autocast
     switched off: under bf16/fp16 autocast the weights, the weighted sum, the upsampling and the
     normalisation still run in float32 (a max-normalised fp16 map would lose its small values)."""
-    with torch.autocast(acts[0].device.type, enabled=False):
+    device = acts[0].device.type
+    available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))(device)
+    with torch.autocast(device, enabled=False) if available else contextlib.nullcontext():  # not on "meta"
         return _cam_fp32(weight_fn, name, acts, grads, reshape, size, normalize)
 
 

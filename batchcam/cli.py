@@ -34,7 +34,15 @@ from .grid import GRIDS, pending
 from .loop import NonFiniteLossError
 from .losses import OBJECTIVES
 from .models import list_models
-from .results import RecordExistsError, latest_bench, load_record, load_runs, results_root, verify_records
+from .results import (
+    RecordExistsError,
+    latest_bench,
+    latest_bench_path,
+    load_record,
+    load_runs,
+    results_root,
+    verify_records,
+)
 from .runner import fit_and_record
 from .staleness import stale_records
 from .train import checkpoint_path
@@ -265,8 +273,10 @@ def _run_verdicts() -> int:
         configs, note = grid.verdict_grid(), ""
     except ValueError as exc:  # the learning rate is not chosen yet: every cell is pending
         configs, note = [], str(exc)
+    bench_path = latest_bench_path("cpu", preset="verdict")
     bench = latest_bench("cpu", preset="verdict")
-    path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note, bench=bench))
+    path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note, bench=bench,
+                                         bench_name=bench_path.name if bench_path else None))
     counts: dict[str, int] = {}
     content = json.loads(path.read_text())
     for e in content["entries"] + content["timing"]:

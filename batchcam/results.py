@@ -35,7 +35,7 @@ from .provenance import REPO, provenance
 
 __all__ = ["SCHEMA_VERSION", "RecordExistsError", "results_root", "provenance", "record_from_run", "write_run",
            "load_record", "is_complete", "load_runs", "load_tensors", "write_bench_record", "latest_bench",
-           "verify_records"]
+           "latest_bench_path", "verify_records"]
 
 SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "history", "final", "timings",
@@ -370,15 +370,21 @@ def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
     return atomic_write_json(path, with_hash(record))
 
 
-def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None, *,
-                 preset: Optional[str] = None) -> Optional[dict]:
-    """The newest full benchmark record for ``device_type``, or None: with ``preset="verdict"`` the newest
-    record of that preset (the timing verdicts, chapter 8), else the newest that is neither ``--quick``
-    nor ``verdict`` (chapter 3's speed plot). The record's file name is added as ``_path``."""
+def latest_bench_path(device_type: str = "cpu", root: Optional[PathLike] = None, *,
+                      preset: Optional[str] = None) -> Optional[Path]:
+    """The newest full benchmark record file for ``device_type``, or None: with ``preset="verdict"`` the newest
+    record of that preset (the timing verdicts, chapter 7), else the newest that is neither ``--quick`` nor
+    ``verdict`` (chapter 3's speed plot)."""
     root = Path(root) if root is not None else results_root("bench")
     tags = ("-quick", "-verdict")
     paths = sorted(p for p in root.glob(f"bench-{device_type}-*.json")
                    if (p.stem.endswith("-verdict") if preset == "verdict" else not p.stem.endswith(tags)))
-    if not paths:
-        return None
-    return {**_strict_json(paths[-1].read_text()), "_path": paths[-1].name}
+    return paths[-1] if paths else None
+
+
+def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None, *,
+                 preset: Optional[str] = None) -> Optional[dict]:
+    """The record of :func:`latest_bench_path` (chapter 3's speed plot; ``preset="verdict"``: chapter 7's
+    timing verdicts), or None."""
+    path = latest_bench_path(device_type, root, preset=preset)
+    return _strict_json(path.read_text()) if path else None

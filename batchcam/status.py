@@ -34,13 +34,14 @@ def _grid(name: str, recorded: set[str]) -> tuple[Optional[tuple[int, int]], str
 
 
 def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = None,
-                        bench: Optional[Mapping] = None) -> dict:
+                        bench: Optional[Mapping] = None, bench_name: str = "bench record") -> dict:
     """The status as data (chapter 7): per line a label and its text.
 
     Args:
         rows: ``batchcam.results.load_runs()`` rows.
         verdicts: the content of ``results/verdicts.json`` (None: not generated yet).
-        bench: chapter 3's benchmark record (``results.latest_bench("cpu")``), for the method's check.
+        bench: chapter 3's benchmark record (``results.latest_bench("cpu")``), for the method's check;
+            ``bench_name`` its file name.
     Returns ``{"rows": [(label, text), ...], "records": int}``.
     """
     recorded = {r["run_id"] for r in rows}
@@ -50,7 +51,7 @@ def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = N
         equal = (bench.get("summary") or {}).get("maps_equal")
         lines.append(("The method", "batch Grad-CAM gives the per-image loop's maps, and pytorch-grad-cam's and "
                                     f"Captum's, in the benchmark record ({'yes' if equal else 'NO'}: "
-                                    f"{bench.get('_path', 'bench record')})"))
+                                    f"{bench_name})"))
     done = Counter(r["model"] for r in rows if r.get("epochs", 0) > 0)
     lines.append(("Records", f"{len(rows)} run records ({', '.join(f'{n} {d}' for d, n in devices.most_common())}); "
                              + ", ".join(f"{m}: {n} trained" for m, n in sorted(done.items()))))
@@ -76,11 +77,13 @@ def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = N
 def status_markdown(root: Optional[Path] = None) -> str:
     """The status box as Markdown, from the committed records under ``root`` (default
     ``results_root("runs").parent``) and their ``verdicts.json`` (landing page and chapter 7)."""
-    from .results import latest_bench, load_runs, results_root
+    from .results import latest_bench, latest_bench_path, load_runs, results_root
 
     base = Path(root) if root is not None else results_root("runs").parent
     path = base / "verdicts.json"
     verdicts = json.loads(path.read_text()) if path.is_file() else None
-    status = reproduction_status(load_runs(base / "runs"), verdicts, latest_bench("cpu", base / "bench"))
+    bench_path = latest_bench_path("cpu", base / "bench")
+    status = reproduction_status(load_runs(base / "runs"), verdicts, latest_bench("cpu", base / "bench"),
+                                 bench_path.name if bench_path else "bench record")
     body = "\n".join(f"- **{label}:** {text}" for label, text in status["rows"])
     return f"**Status of the reproduction** (computed from the committed records)\n\n{body}\n"

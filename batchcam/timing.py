@@ -91,12 +91,12 @@ def _pairs_of(record: Mapping, claim_id: str) -> list[tuple[str, Optional[tuple[
     return out
 
 
-def timing_entries(record: Optional[Mapping], alpha: float = 0.05) -> list[dict]:
+def timing_entries(record: Optional[Mapping], alpha: float = 0.05, name: Optional[str] = None) -> list[dict]:
     """One entry per (timing claim, comparison) of a benchmark record, decided as the module says (chapter 7).
 
     Returns dicts with ``claim, version, text, comparison, threshold, direction, rounds, ratio, ci_low,
-    ci_high`` (bootstrap, of the ratio), ``test, p, p_holm, verdict, family, scope, bench`` (the record's
-    file name, when it carries ``_path``), ``load_average`` and ``torch_threads``. Without a record, or
+    ci_high`` (bootstrap, of the ratio), ``test, p, p_holm, verdict, family, scope, bench`` (``name``: the
+    record's file name), ``load_average`` and ``torch_threads``. Without a record, or
     without per-round times, each claim has one entry with verdict "not testable here".
     """
     env = (record or {}).get("environment", {})
@@ -126,5 +126,5 @@ def timing_entries(record: Optional[Mapping], alpha: float = 0.05) -> list[dict]
         e["verdict"] = stats.decide(e.pop("_c"), claim_direction=e["direction"], p_holm=q)
     for e in entries:
         e["load_average"], e["torch_threads"] = env.get("load_average"), env.get("torch_threads")
-        e["bench"] = (record or {}).get("_path")
+        e["bench"] = name
     return entries

@@ -120,13 +120,15 @@ def design_from(rows: Sequence[Mapping], lr: float = 2e-3) -> dict[str, float]:
 
 
 def build(rows: Sequence[Mapping], configs: Sequence[Any], *, design: Optional[Mapping] = None,
-          note: str = "", alpha: float = 0.05, bench: Optional[Mapping] = None) -> dict:
+          note: str = "", alpha: float = 0.05, bench: Optional[Mapping] = None,
+          bench_name: Optional[str] = None) -> dict:
     """The verdicts file's content from ``load_runs`` rows and the verdict grid's configs (chapter 7).
 
     ``design``: ``{"dataset/objective/metric": sd of the paired differences}`` from the runs seen before
     (the power analysis), used for each entry's minimum detectable effect at n = 10. ``bench``: the
     benchmark record of the ``verdict`` preset (``results.latest_bench("cpu", preset="verdict")``) for the
-    timing claims, a family of their own under ``"timing"`` (:mod:`batchcam.timing`).
+    timing claims, a family of their own under ``"timing"`` (:mod:`batchcam.timing`); ``bench_name`` its
+    file name.
     """
     from . import stats
     from .timing import timing_entries
@@ -179,7 +181,7 @@ def build(rows: Sequence[Mapping], configs: Sequence[Any], *, design: Optional[M
             "protocol": {"seeds_planned": PLANNED_SEEDS, "alpha": alpha, "family": FAMILY,
                          "correction": "Holm across the family", "test": "paired t (permutation below 5 pairs)",
                          "margins": MARGINS, "scope": SCOPE, "note": note},
-            "design": dict(design), "entries": entries, "timing": timing_entries(bench, alpha)}
+            "design": dict(design), "entries": entries, "timing": timing_entries(bench, alpha, bench_name)}
 
 
 def write(content: Mapping, path: Optional[Path] = None) -> Path:

@@ -66,7 +66,8 @@ def test_every_method_is_timed_once_per_configuration(quick):
                 assert name in OPTIONAL and find_spec(OPTIONAL[name]) is None
                 continue
             t = e["timings"][name]
-            assert set(t) == {"median_ms", "iqr_ms", "times_ms"} and t["median_ms"] > 0, name
+            assert set(t) == {"median_ms", "iqr_ms", "times_ms", "rounds_ms"} and t["median_ms"] > 0, name
+            assert len(t["rounds_ms"]) == quick["config"]["rounds"], name  # one median per round
             assert len(t["times_ms"]) >= quick["config"]["rounds"], name
 
 
@@ -199,7 +200,9 @@ def test_threads_are_capped_at_four_per_cpu(monkeypatch):
 
 
 def test_presets():
-    assert set(PRESETS) == {"quick", "cpu", "gpu-short", "gpu"}
+    assert set(PRESETS) == {"quick", "cpu", "verdict", "gpu-short", "gpu"}
+    verdict = bench.BenchConfig.from_preset("verdict")
+    assert verdict.rounds >= 20 and verdict.batch_sizes == (128,) and not verdict.memory
     assert bench.BenchConfig() == bench.BenchConfig.from_preset("cpu")
     short = bench.BenchConfig.from_preset("gpu-short", device="cpu")  # built here without CUDA
     assert ModelCase("resnet18", 112) in short.models and 256 in short.batch_sizes

@@ -19,8 +19,8 @@ def test_the_status_reads_the_verdict_words_and_the_records(monkeypatch):
             {"run_id": "b", "model": "simplecnn", "epochs": 0, "device": "cpu"}]
     verdicts = {"entries": [{"verdict": "supported"}, {"verdict": "not testable here"}, {"verdict": "supported"}],
                 "timing": [{"verdict": "contradicted"}], "protocol": {"scope": "SimpleCNN, CPU"}}
-    bench = {"summary": {"maps_equal": False}, "_path": "b.json"}
-    got = dict(status.reproduction_status(rows, verdicts, bench)["rows"])
+    bench = {"summary": {"maps_equal": False}}
+    got = dict(status.reproduction_status(rows, verdicts, bench, "b.json")["rows"])
     assert got["Main verdict grid"].startswith("2 of 86 runs recorded")
     assert got["Decoy verdict grid"].startswith("not started: the learning rate")
     assert got["Verdicts on the claims"] == "2 supported, 1 not testable here"

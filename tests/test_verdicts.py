@@ -115,7 +115,8 @@ def test_the_committed_file_matches_the_committed_records():
     except ValueError:
         configs = []
     fresh = V.build(rows, configs, design=V.design_from(rows), note=stored["protocol"]["note"],
-                    bench=results.latest_bench("cpu", preset="verdict"))
+                    bench=results.latest_bench("cpu", preset="verdict"),
+                    bench_name=getattr(results.latest_bench_path("cpu", preset="verdict"), "name", None))
     assert fresh["entries"] == stored["entries"] and fresh["timing"] == stored.get("timing"), (
         "results/verdicts.json is not what the records give: run `python -m batchcam verdicts` and commit it")
     for e in stored["entries"]:
