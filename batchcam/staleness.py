@@ -41,6 +41,10 @@ def probe_for(hashes: dict, behaviour: dict, legacy: bool = True) -> Optional[di
         entry = behaviour.get(code_key({f: hashes.get(f) for f in files}))
         if entry:
             return entry
+    if legacy:  # probed when the import closure had fewer files: key it by the files that version had
+        entry = behaviour.get(code_key({f: h for f in RESULT_FILES if (h := hashes.get(f)) is not None}))
+        if entry:
+            return entry
     return None
 
 

@@ -473,3 +473,16 @@ def test_results_imports_nothing_from_training_or_the_probes():
     source = (REPO / "batchcam" / "results.py").read_text()
     names = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
     assert not names & {"train", "behaviour", "staleness", "evaluate", "cli"}
+
+
+def test_a_probe_made_before_a_module_joined_the_closure_is_found():
+    """A record made before a file entered RESULT_FILES (batchcam/loop.py) was probed under the smaller
+    closure of its time: staleness must key its probe by the files that version had."""
+    from batchcam.behaviour import code_key
+    from batchcam.provenance import RESULT_FILES
+    from batchcam.staleness import probe_for
+
+    old = {f: f"hash-of-{f}" for f in RESULT_FILES if f != "batchcam/loop.py"}
+    behaviour = {code_key(old): {"simplecnn": {"x": 1.0}}}
+    assert probe_for({**old, "batchcam/loop.py": None}, behaviour) == {"simplecnn": {"x": 1.0}}
+    assert probe_for({**old, "batchcam/loop.py": None}, behaviour, legacy=False) is None  # HEAD: every file
