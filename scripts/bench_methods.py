@@ -28,11 +28,9 @@ sys.path.insert(0, str(REPO))
 from batchcam import batch_cam  # noqa: E402
 from batchcam._helpers import atomic_write_json  # noqa: E402
 from batchcam.bench.measure import time_calls  # noqa: E402
+from batchcam.bench.methods import PGC_CLASSES  # noqa: E402
 from batchcam.digest import with_hash  # noqa: E402
 from batchcam.results import provenance, results_root  # noqa: E402
-
-PGC_CLASSES = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
-               "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
 
 
 def callables(model, x, targets, layer_name: str) -> dict:

@@ -19,10 +19,9 @@ from torch.func import functional_call
 
 import batchcam as bc
 from batchcam import batch_cam, list_methods, register_method, tokens_to_grid, vit_reshape
+from batchcam.bench.methods import PGC_CLASSES
 from batchcam.methods import METHODS
 
-PGC_CLASSES = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
-               "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
 BUILTIN = list(PGC_CLASSES)
 #: name → (target layer, image side); ViT: the last block's attention input (its output reaches the
 #: logits through the class token only, so its patch tokens would get zero gradient).

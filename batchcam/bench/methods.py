@@ -23,6 +23,11 @@ from .._helpers import amp_autocast
 from ..cam import batch_gradcam, gradcam_loop, normalize_cam, resolve_layer
 from .config import REFERENCE
 
+#: batchcam's CAM method → pytorch-grad-cam's class of the same method (the equality tests and
+#: ``scripts/bench_methods.py`` compare each pair).
+PGC_CLASSES = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
+               "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+
 
 @dataclass(frozen=True)
 class Case:
