@@ -212,3 +212,33 @@ def test_checks_catch_known_mistakes(tmp_path):
     assert "cell 4" not in math
     assert len(code) == 1 and "cell 5 line 2" in code[0]
     assert "first heading is not an H1" in title and "no Colab badge" in title
+
+
+def _notation_symbols() -> list[str]:
+    """The first column of the notation page's table, as written (LaTeX source)."""
+    rows = [line for line in (BOOK / "notation.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| $") or line.startswith("| \\")]
+    return [row.split(" | ")[0].removeprefix("| ").strip() for row in rows]
+
+
+def test_notation_lists_each_symbol_once():
+    """One row per symbol on the notation page (a second row would be a second meaning)."""
+    symbols = _notation_symbols()
+    assert len(symbols) > 40, "the notation table was not found"
+    assert sorted(s for s in set(symbols) if symbols.count(s) > 1) == []
+
+
+#: Uses that gave one letter two meanings, retired: the test level (written 0.05, since α is the
+#: Grad-CAM weight), SSIM's C₁/C₂ (κ₁/κ₂: C is the number of classes), the training-image index i in
+#: the prototype formula (i is a map row) and the ink count k (k is a channel).
+RETIRED = {"α = 0.05": "write 'level 0.05'", "C_1}": "SSIM's constant is \\kappa_1", "C_1/C_1": "write \\kappa_1/\\kappa_1",
+           "C_2}": "SSIM's constant is \\kappa_2", "\\sum_{i:": "sum over \\mathcal{X}_c",
+           "first $k$": "the ink count is n_{\\text{ink}}", "stage $i$": "the cascade stage is q"}
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS + PAGES if p.name != "notation.md"], ids=lambda p: p.name)
+def test_retired_notation_is_gone(path):
+    """The book's prose no longer uses a symbol in the meaning the notation page retired."""
+    found = [f"cell {i}: {old!r} ({fix})" for i, src in _markdown_blocks(path)
+             for old, fix in RETIRED.items() if old in src]
+    assert found == [], f"{path.name}: " + "; ".join(found)
