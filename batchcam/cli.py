@@ -36,8 +36,8 @@ from .losses import OBJECTIVES
 from .models import list_models
 from .results import (
     RecordExistsError,
-    latest_bench,
     latest_bench_path,
+    load_bench,
     load_record,
     load_runs,
     results_root,
@@ -274,7 +274,7 @@ def _run_verdicts() -> int:
     except ValueError as exc:  # the learning rate is not chosen yet: every cell is pending
         configs, note = [], str(exc)
     bench_path = latest_bench_path("cpu", preset="verdict")
-    bench = latest_bench("cpu", preset="verdict")
+    bench = load_bench(bench_path)
     path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note, bench=bench,
                                          bench_name=bench_path.name if bench_path else None))
     counts: dict[str, int] = {}

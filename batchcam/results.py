@@ -356,14 +356,15 @@ def record_from_run(run: Any) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def write_bench_record(record: dict, *, device_type: str, quick: bool = False,
-                       root: Optional[PathLike] = None, force: bool = False) -> Path:
-    """Write ``<root>/bench-<device>-<UTC>[-quick|-verdict].json`` (chapter 3; ``-verdict``: a record of the
+                       root: Optional[PathLike] = None, force: bool = False, name: str = "bench") -> Path:
+    """Write ``<root>/<name>-<device>-<UTC>[-quick|-verdict].json`` (chapter 3; ``-verdict``: a record of the
     ``verdict`` preset, which the timing verdicts read and chapter 3's plots do not); never replaces a file
-    unless ``force``. ``root`` defaults to ``results_root("bench")``."""
+    unless ``force``. ``root`` defaults to ``results_root("bench")``. ``name`` other than ``"bench"`` keeps a
+    record out of :func:`latest_bench_path` (``scripts/bench_methods.py`` writes ``methods-…``)."""
     root = Path(root) if root is not None else results_root("bench")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     tag = "-quick" if quick else "-verdict" if (record.get("config") or {}).get("preset") == "verdict" else ""
-    path = root / f"bench-{device_type}-{stamp}{tag}.json"
+    path = root / f"{name}-{device_type}-{stamp}{tag}.json"
     if path.exists() and not force:
         raise RecordExistsError(f"benchmark record {path} already exists; pass --force to replace it")
     _finite({k: v for k, v in record.items() if k != "provenance"}, "bench record")
@@ -386,5 +387,10 @@ def latest_bench(device_type: str = "cpu", root: Optional[PathLike] = None, *,
                  preset: Optional[str] = None) -> Optional[dict]:
     """The record of :func:`latest_bench_path` (chapter 3's speed plot; ``preset="verdict"``: chapter 7's
     timing verdicts), or None."""
-    path = latest_bench_path(device_type, root, preset=preset)
-    return _strict_json(path.read_text()) if path else None
+    return load_bench(latest_bench_path(device_type, root, preset=preset))
+
+
+def load_bench(path: Optional[PathLike]) -> Optional[dict]:
+    """The benchmark record at ``path`` (strict JSON: no NaN), or None for None: a caller that needs both the
+    file name and the record globs once, ``load_bench(latest_bench_path(...))``."""
+    return _strict_json(Path(path).read_text()) if path else None

@@ -77,13 +77,13 @@ def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = N
 def status_markdown(root: Optional[Path] = None) -> str:
     """The status box as Markdown, from the committed records under ``root`` (default
     ``results_root("runs").parent``) and their ``verdicts.json`` (landing page and chapter 7)."""
-    from .results import latest_bench, latest_bench_path, load_runs, results_root
+    from .results import latest_bench_path, load_bench, load_runs, results_root
 
     base = Path(root) if root is not None else results_root("runs").parent
     path = base / "verdicts.json"
     verdicts = json.loads(path.read_text()) if path.is_file() else None
     bench_path = latest_bench_path("cpu", base / "bench")
-    status = reproduction_status(load_runs(base / "runs"), verdicts, latest_bench("cpu", base / "bench"),
+    status = reproduction_status(load_runs(base / "runs"), verdicts, load_bench(bench_path),
                                  bench_path.name if bench_path else "bench record")
     body = "\n".join(f"- **{label}:** {text}" for label, text in status["rows"])
     return f"**Status of the reproduction** (computed from the committed records)\n\n{body}\n"

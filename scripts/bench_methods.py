@@ -14,7 +14,6 @@ machine: the record keeps the load average at start and end and the thread count
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -26,11 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from batchcam import batch_cam  # noqa: E402
-from batchcam._helpers import atomic_write_json  # noqa: E402
 from batchcam.bench.measure import time_calls  # noqa: E402
 from batchcam.bench.methods import PGC_CLASSES  # noqa: E402
-from batchcam.digest import with_hash  # noqa: E402
-from batchcam.results import provenance, results_root  # noqa: E402
+from batchcam.results import provenance, write_bench_record  # noqa: E402
 
 
 def callables(model, x, targets, layer_name: str) -> dict:
@@ -89,9 +86,7 @@ def main(argv=None) -> int:
               "min_run_time": args.min_run_time, "timings": timings, "wall_s": time.perf_counter() - t0,
               "environment": {"device": "cpu", "torch_threads": torch.get_num_threads(), "load_average": load},
               "provenance": provenance(torch.device("cpu"))}
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = (args.out or results_root("bench")) / f"methods-cpu-{stamp}.json"
-    atomic_write_json(out, with_hash(record))
+    out = write_bench_record(record, device_type="cpu", root=args.out, name="methods")
     for name, t in timings.items():
         print(f"{name:32s} {t.get('median_ms', float('nan')):9.2f} ms  {t.get('error', '')}")
     print(f"record: {out}")

@@ -231,8 +231,9 @@ def test_notation_lists_each_symbol_once():
 #: Uses that gave one letter two meanings, retired: the test level (written 0.05, since α is the
 #: Grad-CAM weight), SSIM's C₁/C₂ (κ₁/κ₂: C is the number of classes), the training-image index i in
 #: the prototype formula (i is a map row) and the ink count k (k is a channel).
-RETIRED = {"α = 0.05": "write 'level 0.05'", "C_1}": "SSIM's constant is \\kappa_1", "C_1/C_1": "write \\kappa_1/\\kappa_1",
-           "C_2}": "SSIM's constant is \\kappa_2", "\\sum_{i:": "sum over \\mathcal{X}_c",
+RETIRED = {"α = 0.05": "write 'level 0.05'", "C_1}": "SSIM's constant is \\kappa_1",
+           "C_1/C_1": "write \\kappa_1/\\kappa_1", "C_2}": "SSIM's constant is \\kappa_2",
+           "\\sum_{i:": "sum over \\mathcal{X}_c",
            "first $k$": "the ink count is n_{\\text{ink}}", "stage $i$": "the cascade stage is q"}
 
 

@@ -85,3 +85,12 @@ def test_latest_bench_keeps_verdict_records_apart(tmp_path):
     assert R.latest_bench("cpu", tmp_path, preset="verdict")["wall_s"] == 2.0
     assert R.latest_bench_path("cpu", tmp_path, preset="verdict").name == "bench-cpu-20260102T000000Z-verdict.json"
     assert "_path" not in R.latest_bench("cpu", tmp_path)  # the record as written: its hash still checks
+
+
+def test_a_named_bench_record_stays_out_of_latest_bench(tmp_path):
+    """scripts/bench_methods.py writes ``methods-cpu-<UTC>.json`` through write_bench_record: chapter 3 never
+    reads it as its speed record, and load_bench reads it back as written."""
+    path = R.write_bench_record({"wall_s": 4.0, "config": {}}, device_type="cpu", root=tmp_path, name="methods")
+    assert path.name.startswith("methods-cpu-") and path.name.endswith("Z.json")
+    assert R.latest_bench_path("cpu", tmp_path) is None and R.load_bench(None) is None
+    assert R.load_bench(path)["wall_s"] == 4.0
