@@ -35,7 +35,7 @@ __all__ = ["CORNERS", "DECOY_SEEDS", "DECOY_PATCHES", "TEXTURE_SEED", "DecoySpli
 #: Corner codes: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right (= 2·bottom + right).
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 #: Seeds of the decoy draws: one decoy dataset (train and test) shared by every run.
-DECOY_SEEDS = {"train": 0, "test": 1}
+DECOY_SEEDS = {"train": 0, "test": 1, "val": 2}
 #: The decoy variants (``TrainConfig.decoy_patch``): name → ``make_decoy`` keywords (``kind``, ``patch``).
 DECOY_PATCHES = {"ross4": dict(kind="grey", patch=4), "grey8": dict(kind="grey", patch=8),
                  "texture6": dict(kind="texture", patch=6)}
@@ -211,6 +211,11 @@ class DecoySplits:
     info: dict  # seeds and SHA-256 of the decoyed arrays, for the record
     val: Optional[Split] = None  # the validation split with n_val: decoyed like train (clean for the oracle)
     variant: str = "ross4"  # the patch (DECOY_PATCHES)
+    #: With n_val and a decoyed training split: the validation images with their patch at the same place drawn
+    #: for a random class (seed DECOY_SEEDS["val"]), and the clean validation images; validation reliance =
+    #: accuracy on ``val`` minus accuracy on ``val_random`` (the oracles' λ is chosen on it, chapter 9).
+    val_random: Optional[Split] = None
+    clean_val: Optional[Split] = None
 
 
 def consistent_test(splits: DecoySplits) -> Split:
@@ -266,5 +271,10 @@ def load_decoy(dataset: str, decoy: str, *, root: Union[str, os.PathLike, None] 
         train, train_masks = (dx[keep], y[keep]), d_info["mask"][keep]
         val = None if val_idx is None else (dx[val_idx], y[val_idx])
         info["train_sha256"] = sha256(train[0])
+    val_random = clean_val = None
+    if val_idx is not None and decoy == "train+test":
+        r = torch.randint(0, 10, (len(val_idx),), generator=torch.Generator().manual_seed(DECOY_SEEDS["val"]))
+        val_random = paint_patch(x[val_idx], d_info["mask"][val_idx], r, kind=kw["kind"]), y[val_idx]
+        clean_val = x[val_idx], y[val_idx]
     return DecoySplits(train, (test_x, clean_test[1]), clean_train, clean_test, train_masks, test_info["mask"],
-                       test_info["grey_class"], info, val, variant)
+                       test_info["grey_class"], info, val, variant, val_random, clean_val)

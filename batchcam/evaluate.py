@@ -17,7 +17,7 @@ from .cam import batch_gradcam_with_logits, gradcam_loop, normalize_cam
 from .data import TensorLoader
 from .metrics import BASELINES, ReconstructionMeter, baseline_maps
 
-__all__ = ["evaluate", "time_gradcam", "faithfulness", "decoy_metrics", "EVAL_BATCH_SIZE"]
+__all__ = ["evaluate", "time_gradcam", "faithfulness", "decoy_metrics", "decoy_validation", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 256
 EXTENDED = ("maps", "random")  # map kinds that also get blur deletion and ROAD
@@ -241,3 +241,26 @@ def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[
                 out["relevance_mass_ratio_consistent"] = float(r.mean())
     out["reliance"] = out["consistent_accuracy"] - out["random_accuracy"]
     return {"clean_accuracy": correct / len(splits.clean_test[1]), **out, **splits.info}
+
+
+def decoy_validation(model: nn.Module, splits, *, image_size: Optional[int] = None, amp: bool = False) -> dict:
+    """Reliance on the validation split of a decoy run (chapter 9: the oracles' λ is chosen on it, never on
+    the test set); ``splits`` a ``batchcam.decoy.DecoySplits`` with ``val_random`` (``n_val`` and a decoyed
+    training split), else ``{}``.
+
+    Returns:
+        ``"val_clean_accuracy"`` (the validation images without a patch), ``"val_consistent_accuracy"``
+        (their label-consistent patches, ``splits.val``), ``"val_random_accuracy"`` (the same patches drawn
+        for random classes, ``splits.val_random``) and ``"val_reliance"`` = consistent − random.
+    """
+    if splits.val_random is None:
+        return {}
+    device = next(model.parameters()).device
+    kw = dict(image_size=image_size, device=device, channels_last=_channels_last(model))
+    out = {}
+    with eval_mode(model), torch.no_grad(), amp_autocast(device, amp):
+        for name, (x, y) in (("clean", splits.clean_val), ("consistent", splits.val), ("random", splits.val_random)):
+            right = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in TensorLoader(x, y, EVAL_BATCH_SIZE, **kw))
+            out[f"val_{name}_accuracy"] = right / len(y)
+    out["val_reliance"] = out["val_consistent_accuracy"] - out["val_random_accuracy"]
+    return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .config import LATER_FIELDS, TrainConfig
 from .data import DATASETS
@@ -24,7 +24,8 @@ __all__ = ["GRID_MODELS", "MODEL_DEFAULTS", "EVAL_SETTINGS", "ABLATIONS", "ABLAT
            "paper_grid", "ablation_grid", "decoy_grid", "decoy_cell", "pending", "variant", "VERDICT_SEEDS",
            "VERDICT_PROTOCOL",
            "SELECTED_ON", "LR_CANDIDATES", "TUNING_SEED", "tuning_grid", "select_lr", "verdict_grid",
-           "DECOY_CONTROL", "DECOY_VERDICT_CELLS", "DECOY_VERDICT_RECIPE", "decoy_verdict_grid", "decoy_verdict_cell"]
+           "DECOY_CONTROL", "DECOY_VERDICT_CELLS", "DECOY_VERDICT_RECIPE", "decoy_verdict_grid", "decoy_verdict_cell",
+           "ORACLE_LAMBDAS", "ORACLE_SHARE", "decoy_tuning_grid", "choose_oracle_lambda", "select_oracle_lambda"]
 
 GRID_MODELS = ("simplecnn", "resnet18", "convnextv2_tiny")
 
@@ -281,6 +282,15 @@ DECOY_VERDICT_CELLS: dict[str, dict[str, Any]] = {
 }
 #: The decoy verdict grid's budget: the verdict protocol on 20 000 training images (2 epochs: SimpleCNN's).
 DECOY_VERDICT_RECIPE: dict[str, Any] = dict(n_train=20_000)
+#: The oracles' weights, chosen on the validation split (chapter 9): objective → (its λ field, the candidates).
+#: Fixed before the tuning runs: a first try of ``ce+rrr-input`` at λ = 10 on Fashion-MNIST cut reliance to
+#: 0.024 but left 0.54 clean accuracy, so the grid spans 0.3-10 for both oracles.
+ORACLE_LAMBDAS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "ce+rrr-input": ("lambda_rrr_input", (0.3, 1.0, 3.0, 10.0)),
+    "ce+rrr": ("lambda_rrr", (0.3, 1.0, 3.0, 10.0)),
+}
+#: An oracle must cut the positive control's reliance to at most this share of it (chapter 9).
+ORACLE_SHARE = 0.2
 
 
 def decoy_verdict_cell(config: Any) -> Optional[str]:
@@ -297,28 +307,106 @@ def decoy_verdict_cell(config: Any) -> Optional[str]:
 
 def decoy_verdict_grid(seeds: Sequence[int] = VERDICT_SEEDS, datasets: Sequence[str] = DATASETS,
                        models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
-                       random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
+                       random_baseline: bool = False, oracle_lambdas: Optional[Mapping[str, float]] = None,
+                       **overrides: Any) -> list[TrainConfig]:
     """Every :data:`DECOY_VERDICT_CELLS` cell × 10 seeds × both datasets at the verdict protocol
-    (:data:`VERDICT_PROTOCOL`), 20 000 training images, and the learning rate :func:`select_lr` chose on
-    validation (ValueError while the tuning runs are missing, as :func:`verdict_grid`); chapter 9.
-    ``objectives`` keeps the cells with those objectives; ``random_baseline`` is accepted and ignored.
-    Ordered seed → dataset, so a grid cut short has whole seeds."""
+    (:data:`VERDICT_PROTOCOL`), 20 000 training images, the learning rate :func:`select_lr` chose on
+    validation and the oracles' λ :func:`select_oracle_lambda` chose on validation (ValueError while a
+    tuning run is missing, as :func:`verdict_grid`); chapter 9. ``oracle_lambdas`` (objective → λ) skips
+    that choice; ``objectives`` keeps the cells with those objectives; ``random_baseline`` is accepted and
+    ignored. Ordered seed → dataset, so a grid cut short has whole seeds."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     configs = []
     for dataset in datasets:
         fields = {**VERDICT_PROTOCOL, **DECOY_VERDICT_RECIPE, "selected_on": SELECTED_ON, **overrides}
-        fields["lr"] = overrides.get("lr") or select_lr(dataset, **{k: v for k, v in overrides.items()
-                                                                    if k in ("out_dir", "epochs", "batch_size")})[0]
+        fields["lr"] = overrides.get("lr") or select_lr(dataset, **_tuning_keys(overrides))[0]
         for cell in DECOY_VERDICT_CELLS.values():
             if objectives is None or cell["objective"] in objectives:
                 rest = {k: v for k, v in cell.items() if k != "objective"}
+                if cell["objective"] in ORACLE_LAMBDAS:
+                    lam = (oracle_lambdas or {}).get(cell["objective"])
+                    if lam is None:
+                        lam = select_oracle_lambda(dataset, cell["objective"], lr=fields["lr"],
+                                                   **_tuning_keys(overrides))[0]
+                    rest.update({ORACLE_LAMBDAS[cell["objective"]][0]: lam,
+                                 "selected_on": SELECTED_ON.replace("lambda=design", "lambda=val")})
                 configs += paper_grid(seeds, [dataset], models or ("simplecnn",), [cell["objective"]],
                                       random_baseline=False, **{**fields, **rest})
     return sorted(configs, key=lambda c: (c.seed, c.dataset))
 
 
+def _tuning_keys(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides a tuning grid shares with the grid it tunes (where the records are, the budget)."""
+    return {k: v for k, v in overrides.items() if k in ("out_dir", "epochs", "batch_size")}
+
+
+def decoy_tuning_grid(seeds: Sequence[int] = (TUNING_SEED,), datasets: Sequence[str] = DATASETS,
+                      models: Optional[Sequence[str]] = None, objectives: Optional[Sequence[str]] = None,
+                      random_baseline: bool = False, **overrides: Any) -> list[TrainConfig]:
+    """The oracles' λ choice on the validation split (chapter 9): the positive control (``ce`` on the
+    decoy) and each oracle of :data:`ORACLE_LAMBDAS` at each candidate λ, seed 100, the decoy verdict
+    grid's protocol and learning rate (:func:`select_lr`); no faithfulness or loop timing. Their records
+    hold the validation reliance (``batchcam.evaluate.decoy_validation``) that :func:`select_oracle_lambda`
+    reads. ``objectives`` keeps those oracles (the control always runs); ``random_baseline`` is ignored."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    configs = []
+    for dataset in datasets:
+        fields = {**VERDICT_PROTOCOL, **DECOY_VERDICT_RECIPE, "eval_faithfulness_samples": 0,
+                  "eval_cam_loop_samples": 0, "selected_on": "design", **overrides}
+        fields["lr"] = overrides.get("lr") or select_lr(dataset, **_tuning_keys(overrides))[0]
+        control = {k: v for k, v in DECOY_VERDICT_CELLS["ce"].items() if k != "objective"}
+        configs += paper_grid(seeds, [dataset], models or ("simplecnn",), ["ce"], random_baseline=False,
+                              **{**fields, **control})
+        for objective, (field, candidates) in ORACLE_LAMBDAS.items():
+            if objectives is not None and objective not in objectives:
+                continue
+            cell = next(c for c in DECOY_VERDICT_CELLS.values() if c["objective"] == objective)
+            rest = {k: v for k, v in cell.items() if k != "objective"}
+            for lam in candidates:
+                configs += paper_grid(seeds, [dataset], models or ("simplecnn",), [objective],
+                                      random_baseline=False, **{**fields, **rest, field: lam})
+    return sorted(configs, key=lambda c: (c.seed, c.dataset))
+
+
+def choose_oracle_lambda(control: float, candidates: Mapping[float, tuple[float, float]]) -> float:
+    """The rule fixed before the tuning runs (chapter 9). ``control``: the positive control's validation
+    reliance; ``candidates``: λ → (validation reliance, clean validation accuracy). Among the λ whose
+    reliance is at most :data:`ORACLE_SHARE` × ``control``, the one with the highest clean accuracy (the
+    oracle that removes the shortcut and costs least); if none qualifies, the λ with the lowest reliance
+    (and the oracle is reported as failed at that budget). Ties: the smaller λ."""
+    if not candidates:
+        raise ValueError("no candidate λ")
+    ok = [lam for lam, (rel, _) in sorted(candidates.items()) if rel <= ORACLE_SHARE * control]
+    if ok:
+        return max(ok, key=lambda lam: candidates[lam][1])  # max keeps the first (smallest) of equals
+    return min(sorted(candidates), key=lambda lam: candidates[lam][0])
+
+
+def select_oracle_lambda(dataset: str, objective: str, root: Optional[str | Path] = None,
+                         **overrides: Any) -> tuple[float, dict]:
+    """The λ of ``objective`` (an oracle of :data:`ORACLE_LAMBDAS`) for the decoy verdict grid on
+    ``dataset``, by :func:`choose_oracle_lambda` on the records of :func:`decoy_tuning_grid`, and
+    ``{"control": reliance, λ: [reliance, clean accuracy], …}`` (validation numbers; chapter 9).
+    Raises ValueError when a tuning run is missing."""
+    from .results import load_record
+
+    values: dict = {}
+    for config in decoy_tuning_grid(datasets=[dataset], objectives=[objective], **overrides):
+        path = _runs_folder(config, root) / f"{config.run_id}.json"
+        if not is_complete(config.run_id, path.parent):
+            raise ValueError(f"the oracles' λ is chosen on validation runs that are not recorded yet "
+                             f"({config.run_id}); run: python -m batchcam reproduce --grid decoy-tuning")
+        d = load_record(path)["final"]["decoy"]
+        if config.objective == "ce":
+            values["control"] = d["val_reliance"]
+        else:
+            values[getattr(config, ORACLE_LAMBDAS[objective][0])] = [d["val_reliance"], d["val_clean_accuracy"]]
+    control = values.pop("control")
+    return choose_oracle_lambda(control, {k: tuple(v) for k, v in values.items()}), {"control": control, **values}
+
+
 GRIDS = {"paper": paper_grid, "ablations": ablation_grid, "decoy": decoy_grid, "tuning": tuning_grid,
-         "verdict": verdict_grid, "decoy-verdict": decoy_verdict_grid}
+         "verdict": verdict_grid, "decoy-tuning": decoy_tuning_grid, "decoy-verdict": decoy_verdict_grid}
 
 
 def pending(configs: Iterable[TrainConfig], root: Optional[str | Path] = None) -> list[TrainConfig]:

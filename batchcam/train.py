@@ -23,7 +23,7 @@ from ._helpers import atomic_torch_save, cudnn_autotune, set_seed
 from .config import MASK_OBJECTIVES, NUM_CLASSES, TrainConfig
 from .data import load_split, split_validation
 from .decoy import load_decoy
-from .evaluate import clock, decoy_metrics, evaluate, faithfulness, time_gradcam
+from .evaluate import clock, decoy_metrics, decoy_validation, evaluate, faithfulness, time_gradcam
 from .loop import recalibrate_batchnorm, train_one_epoch
 from .models import create_model
 from .prototypes import class_prototypes
@@ -228,7 +228,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
         ev["faithfulness"] = faithfulness(model, test_x, test_y, prototypes,
                                           n=config.eval_faithfulness_samples, **kw)
         if decoy is not None:
-            ev["decoy"] = decoy_metrics(model, decoy, prototypes=target, **kw)
+            ev["decoy"] = {**decoy_metrics(model, decoy, prototypes=target, **kw),
+                           **decoy_validation(model, decoy, image_size=config.image_size, amp=amp)}
     per_epoch = [row["train_time_s"] for row in history]
     timings = {"train_time_per_epoch_s": sum(per_epoch) / len(per_epoch) if per_epoch else None,
                "gradcam_batch_s": ev["gradcam_time_s"], "gradcam_batch_samples": ev["samples"],

@@ -20,14 +20,18 @@ from batchcam.decoy import (
     paint_patch,
     relevance_mass_ratio,
 )
-from batchcam.evaluate import decoy_metrics
+from batchcam.evaluate import decoy_metrics, decoy_validation
 from batchcam.grid import (
     DECOY_CELLS,
     DECOY_VERDICT_CELLS,
     GRIDS,
+    ORACLE_LAMBDAS,
+    ORACLE_SHARE,
     VERDICT_PROTOCOL,
+    choose_oracle_lambda,
     decoy_cell,
     decoy_grid,
+    decoy_tuning_grid,
     decoy_verdict_cell,
     decoy_verdict_grid,
 )
@@ -35,6 +39,7 @@ from batchcam.losses import Objective, input_gradient_penalty, objective_loss
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = (255 - 25 * torch.arange(10)).double() / 255  # grey level of each class, in [0, 1]
+LAMBDAS = {"ce+rrr-input": 1.0, "ce+rrr": 3.0}  # the oracles' λ, given (the grid otherwise reads the tuning runs)
 
 
 # --------------------------------------------------------------------------- reliance, with hand-set models
@@ -409,13 +414,15 @@ def test_fit_evaluates_a_decoy_run_on_its_decoyed_validation_split(small_split, 
     assert d["reliance"] == pytest.approx(d["consistent_accuracy"] - d["random_accuracy"])
     assert d["random_accuracy"] == pytest.approx(run.evaluation["accuracy"])  # the same images
     assert d["patch"] == "texture6" and "prototype_patch_ratio" in d
+    assert d["val_reliance"] == pytest.approx(d["val_consistent_accuracy"] - d["val_random_accuracy"])
+    assert d["val_consistent_accuracy"] == pytest.approx(run.history[-1]["val_accuracy"])  # the same images
 
 
 # --------------------------------------------------------------------------- the decoy verdict grid
 
 
 def test_the_decoy_verdict_grid_has_every_cell_per_seed_and_dataset():
-    configs = decoy_verdict_grid(lr=2e-3)
+    configs = decoy_verdict_grid(lr=2e-3, oracle_lambdas=LAMBDAS)
     assert len(configs) == len(DECOY_VERDICT_CELLS) * 10 * 2
     assert len({c.run_id for c in configs}) == len(configs)
     assert {decoy_verdict_cell(c) for c in configs} == set(DECOY_VERDICT_CELLS)
@@ -445,7 +452,7 @@ def test_the_decoy_verdict_table_reads_reliance_from_the_records_rows():
     from batchcam.spurious import decoy_aggregate, decoy_verdict_aggregate, decoy_verdict_table
 
     rows = []
-    for c in decoy_verdict_grid(seeds=(0, 1, 2), datasets=["mnist"], lr=2e-3):
+    for c in decoy_verdict_grid(seeds=(0, 1, 2), datasets=["mnist"], lr=2e-3, oracle_lambdas=LAMBDAS):
         name = decoy_verdict_cell(c)
         rel = 0.6 if name == "ce" else 0.01
         rows.append({**asdict(c), "run_id": c.run_id, "scale": "cpu-subset", "accuracy": 0.3, "dead_fraction": 0.0,
@@ -458,3 +465,88 @@ def test_the_decoy_verdict_table_reads_reliance_from_the_records_rows():
     assert agg[("mnist", "simplecnn", "ce")]["n"] == 3
     assert "reliance (points)" in repr(decoy_verdict_table(agg))
     assert decoy_aggregate(rows) == {}  # the first decoy grid's table does not take them
+
+
+# --------------------------------------------------------------------------- the oracles' λ, chosen on validation
+
+
+@pytest.mark.parametrize("where", ["train+test", "test"])
+def test_the_random_shade_validation_twin_differs_only_inside_the_patch(small_split, where):
+    x, y = small_split[True]
+    s = load_decoy("mnist", where, n_train=300, n_val=100, seed=4, variant="texture6")
+    if where == "test":  # the clean oracle has no decoyed validation split to measure reliance on
+        assert s.val_random is None and s.clean_val is None
+        assert decoy_validation(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), s) == {}
+        return
+    from batchcam.data import split_validation
+
+    _, val = split_validation(y, 100)
+    full, info = make_decoy(x, y, train=True, seed=0, **DECOY_PATCHES["texture6"])
+    mask = info["mask"][val]
+    r = torch.randint(0, 10, (100,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(s.clean_val[0], x[val]) and torch.equal(s.val_random[1], y[val])
+    assert torch.equal(s.val_random[0], paint_patch(x[val], mask, r, kind="texture"))
+    outside = ~mask[:, None]
+    assert torch.equal(s.val_random[0][outside], s.val[0][outside])  # the same images and patch places
+    assert not torch.equal(s.val_random[0], s.val[0])  # ... with other classes' patches (r ≠ y mostly)
+
+
+def test_validation_reliance_is_large_for_a_model_that_reads_only_the_patch():
+    splits = _splits()  # the val twins from the test twins: consistent = the training rule, random = r
+    consistent = consistent_test(splits)
+    splits.val, splits.val_random, splits.clean_val = consistent, splits.test, splits.clean_test
+    reads = decoy_validation(ReadsOnePlace("corners"), splits)
+    test = decoy_metrics(ReadsOnePlace("corners"), splits, layer="features")
+    assert reads["val_reliance"] == pytest.approx(test["reliance"]) and reads["val_reliance"] > 0.8
+    ignores = decoy_validation(ReadsOnePlace("centre"), splits)
+    assert ignores["val_reliance"] == 0.0 and ignores["val_clean_accuracy"] == 1.0
+
+
+def test_choose_oracle_lambda_is_the_rule_fixed_before_the_runs():
+    control = 0.6  # the positive control's reliance: an oracle must reach at most 0.2 × 0.6 = 0.12
+    assert ORACLE_SHARE == 0.2
+    # (reliance, clean accuracy): 0.3 keeps the shortcut; 1 and 3 remove it, 1 costs less accuracy
+    assert choose_oracle_lambda(control, {0.3: (0.30, 0.95), 1.0: (0.10, 0.93), 3.0: (0.02, 0.90)}) == 1.0
+    assert choose_oracle_lambda(control, {1.0: (0.05, 0.90), 3.0: (0.02, 0.90)}) == 1.0  # a tie: the smaller λ
+    assert choose_oracle_lambda(control, {0.3: (0.12, 0.90), 1.0: (0.13, 0.99)}) == 0.3  # ≤ is enough
+    # none qualifies: the least reliance (the oracle is then reported as failed at this budget)
+    assert choose_oracle_lambda(control, {0.3: (0.40, 0.95), 10.0: (0.20, 0.60)}) == 10.0
+    with pytest.raises(ValueError, match="candidate"):
+        choose_oracle_lambda(control, {})
+
+
+def test_the_decoy_tuning_grid_is_the_control_and_each_oracle_at_each_candidate():
+    configs = decoy_tuning_grid(lr=2e-3)
+    per_dataset = 1 + sum(len(c) for _, c in ORACLE_LAMBDAS.values())
+    assert len(configs) == 2 * per_dataset and len({c.run_id for c in configs}) == len(configs)
+    assert {c.seed for c in configs} == {100} and GRIDS["decoy-tuning"] is decoy_tuning_grid
+    for c in configs:
+        assert (c.n_val, c.n_train, c.decoy_patch, c.eval_faithfulness_samples) == (6000, 20_000, "texture6", 0)
+    for objective, (field, candidates) in ORACLE_LAMBDAS.items():
+        assert sorted(getattr(c, field) for c in configs if c.objective == objective and c.dataset == "mnist") == \
+            sorted(candidates)
+
+
+def test_select_oracle_lambda_reads_the_tuning_records(monkeypatch):
+    import batchcam.grid as G
+    import batchcam.results as R
+
+    reliance = {"ce": 0.5, 0.3: 0.3, 1.0: 0.08, 3.0: 0.01, 10.0: 0.0}
+    clean = {0.3: 0.95, 1.0: 0.94, 3.0: 0.96, 10.0: 0.7}
+    by_id = {}
+    for c in decoy_tuning_grid(datasets=["mnist"], objectives=["ce+rrr-input"], lr=2e-3):
+        key = "ce" if c.objective == "ce" else c.lambda_rrr_input
+        by_id[f"{c.run_id}.json"] = {"final": {"decoy": {"val_reliance": reliance[key],
+                                                           "val_clean_accuracy": clean.get(key, 0.9)}}}
+    monkeypatch.setattr(G, "is_complete", lambda run_id, root: f"{run_id}.json" in by_id)
+    monkeypatch.setattr(R, "load_record", lambda path: by_id[Path(path).name])
+    lam, scores = G.select_oracle_lambda("mnist", "ce+rrr-input", lr=2e-3)
+    assert lam == 3.0 and scores["control"] == 0.5 and scores[1.0] == [0.08, 0.94]
+    configs = decoy_verdict_grid(seeds=(0,), datasets=["mnist"], lr=2e-3, oracle_lambdas={"ce+rrr": 1.0})
+    oracle = [c for c in configs if c.objective == "ce+rrr-input"]
+    assert [c.lambda_rrr_input for c in oracle] == [3.0] and "lambda=val" in oracle[0].selected_on
+    others = [c for c in configs if c.objective not in ORACLE_LAMBDAS]
+    assert all(c.lambda_rrr == LATER_FIELDS["lambda_rrr"] and "lambda=design" in c.selected_on for c in others)
+    monkeypatch.setattr(G, "is_complete", lambda run_id, root: False)
+    with pytest.raises(ValueError, match="--grid decoy-tuning"):
+        G.select_oracle_lambda("mnist", "ce+rrr-input", lr=2e-3)

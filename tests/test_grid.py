@@ -62,7 +62,7 @@ def test_the_command_line_keeps_the_ablation_recipe(tmp_path):
 def test_the_command_line_knows_the_ablation_grid(usage_error, capsys, tmp_path):
     import batchcam.cli as cli
 
-    assert set(GRIDS) == {"paper", "ablations", "decoy", "tuning", "verdict", "decoy-verdict"}
+    assert set(GRIDS) == {"paper", "ablations", "decoy", "tuning", "verdict", "decoy-tuning", "decoy-verdict"}
     assert cli.main(["reproduce", "--grid", "ablations", "--seeds", "0", "--datasets", "mnist",
                      "--dry-run", "--out-dir", str(tmp_path)]) == 0  # an empty folder: every run pending
     out = capsys.readouterr().out
