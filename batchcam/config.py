@@ -241,8 +241,7 @@ class TrainConfig:
     @property
     def config_hash(self) -> str:
         """First 8 hex digits of the SHA-256 of :meth:`result_fields` (sorted JSON)."""
-        blob = json.dumps(self.result_fields(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
+        return _digest(self.result_fields())
 
     @property
     def run_id(self) -> str:
@@ -266,13 +265,12 @@ class TrainConfig:
                  "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
                  "cam_normalize": c.cam_normalize, "n_val": f"val{c.n_val}", "order": "ose",
                  "cam_method": c.cam_method, "decoy_patch": c.decoy_patch, "amp_dtype": c.amp_dtype}
-        effective = self.result_fields()
-        parts += [later[k] for k, v in LATER_FIELDS.items() if getattr(c, k) != v
-                  and (k != "amp_dtype" or k in effective)]
+        effective = self.result_fields()  # a later field is named exactly when it changes the numbers
+        parts += [later[k] for k in LATER_FIELDS if k in effective]
         parts += [f"lri{c.lambda_rrr_input:g}"] * (c.objective == OBJECTIVE_FIELDS["lambda_rrr_input"])
         parts += [f"ntr{c.n_train}"] * bool(c.n_train) + [f"nte{c.n_test}"] * bool(c.n_test)
         parts += [f"ws{world_size()}"] * (world_size() > 1)
-        return "-".join(parts + [c.device_type, self.config_hash])
+        return "-".join(parts + [c.device_type, _digest(effective)])
 
     def objective_spec(self) -> Objective:
         """The :class:`~batchcam.losses.Objective` this config trains with."""
@@ -280,6 +278,11 @@ class TrainConfig:
                                    NUM_CLASSES, lambda_rrr=self.lambda_rrr, stop_gradient=self.stop_gradient,
                                    normalize=self.cam_normalize, cam_method=self.cam_method,
                                    lambda_rrr_input=self.lambda_rrr_input)
+
+
+def _digest(fields: dict) -> str:
+    """First 8 hex digits of the SHA-256 of ``fields`` as sorted JSON (:attr:`TrainConfig.config_hash`)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def world_size() -> int:

@@ -209,6 +209,7 @@ def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[
     device = next(model.parameters()).device
     kw = dict(image_size=image_size, device=device, channels_last=_channels_last(model))
     grey = splits.test_grey_class.to(device)
+    protos = None if prototypes is None else prototypes.to(device).float().clamp_min(0)  # [C, S, S], once
     out, n = {}, len(splits.test[1])
     with eval_mode(model):
         with torch.no_grad(), amp_autocast(device, amp):
@@ -224,8 +225,8 @@ def decoy_metrics(model: nn.Module, splits, *, layer: str, image_size: Optional[
                 follows += int((pred == grey[start:start + len(y)]).sum())
                 mass += float(relevance_mass(maps.float(), m).sum())
                 ratios.append(relevance_mass_ratio(maps.float(), m).double().cpu())
-                if prototypes is not None and name == "random":
-                    proto.append(relevance_mass_ratio(prototypes.to(device).float()[y].clamp_min(0), m).double().cpu())
+                if protos is not None and name == "random":
+                    proto.append(relevance_mass_ratio(protos[y], m).double().cpu())
                 start += len(y)
             r = torch.cat(ratios)
             out[f"{name}_accuracy"] = right / n
