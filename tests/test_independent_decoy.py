@@ -1,0 +1,38 @@
+"""scripts/independent_decoy.py: its own decoy construction does what chapter 9 describes (the check that
+the package's decoy pipeline is reproduced by code that shares none of it)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "independent_decoy.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("independent_decoy", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_textures_are_ten_distinct_non_uniform_binary_patches():
+    s = _script()
+    t = s.textures(np.random.default_rng(7))
+    assert t.shape == (10, 6, 6) and t.dtype == np.uint8 and set(np.unique(t)) <= {0, 255}
+    flat = t.reshape(10, -1)
+    assert len({r.tobytes() for r in flat}) == 10 and (flat.min(1) < flat.max(1)).all()
+
+
+def test_paste_puts_the_class_texture_in_the_chosen_corner_and_nothing_else():
+    s = _script()
+    tex = s.textures(np.random.default_rng(7))
+    images = np.full((4, 1, 28, 28), 17, dtype=np.uint8)
+    corner, cls = np.array([0, 1, 2, 3]), np.array([3, 5, 0, 9])
+    out = s.paste(images, corner, cls, tex)
+    assert (images == 17).all()  # a copy: the input is not modified
+    for n, (r0, c0) in enumerate([(0, 0), (0, 22), (22, 0), (22, 22)]):
+        assert (out[n, 0, r0:r0 + 6, c0:c0 + 6] == tex[cls[n]]).all()
+        rest = out[n, 0].copy()
+        rest[r0:r0 + 6, c0:c0 + 6] = 17
+        assert (rest == 17).all()
