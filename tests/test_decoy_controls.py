@@ -531,7 +531,7 @@ def test_select_oracle_lambda_reads_the_tuning_records(monkeypatch):
     import batchcam.grid as G
     import batchcam.results as R
 
-    reliance = {"ce": 0.5, 0.3: 0.3, 1.0: 0.08, 3.0: 0.01, 10.0: 0.0}
+    reliance = {"ce": 0.5, 0.01: 0.45, 0.03: 0.4, 0.1: 0.35, 0.3: 0.3, 1.0: 0.08, 3.0: 0.01, 10.0: 0.0}
     clean = {0.3: 0.95, 1.0: 0.94, 3.0: 0.96, 10.0: 0.7}
     by_id = {}
     for c in decoy_tuning_grid(datasets=["mnist"], objectives=["ce+rrr-input"], lr=2e-3):
