@@ -13,6 +13,7 @@ knows nothing of code versions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Union
@@ -21,7 +22,7 @@ from .behaviour import code_key, same_behaviour
 from .provenance import LEGACY_RESULT_FILES, RESULT_FILES, code_hashes, git
 from .results import load_record, results_root
 
-__all__ = ["load_behaviour", "stale_records", "probe_for"]
+__all__ = ["load_behaviour", "pack_behaviour", "stale_records", "probe_for"]
 
 PathLike = Union[str, Path]
 
@@ -30,7 +31,21 @@ def load_behaviour(path: Optional[PathLike] = None) -> dict:
     """``results/behaviour.json``: ``{code_key: {model or "data": {name: number}}}``, each code version's
     probe (``batchcam.behaviour``, ``scripts/fingerprint.py``); ``{}`` when absent (chapter 7)."""
     path = Path(path) if path is not None else results_root("runs").parent / "behaviour.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if set(data) == {"code", "probes"}:  # pack_behaviour's form: each distinct probe stored once
+        return {key: data["probes"][digest] for key, digest in data["code"].items()}
+    return data
+
+
+def pack_behaviour(entries: dict) -> dict:
+    """``{code_key: probe}`` as stored in ``results/behaviour.json``: ``{"code": {code_key: digest}, "probes":
+    {digest: probe}}``, so that code versions with the same numbers (most of them) share one copy of their
+    6 000-odd numbers; :func:`load_behaviour` reads both forms (chapter 7)."""
+    code, probes = {}, {}
+    for key, probe in sorted(entries.items()):
+        digest = hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:16]
+        code[key], probes[digest] = digest, probe
+    return {"code": code, "probes": probes}
 
 
 def probe_for(hashes: dict, behaviour: dict, legacy: bool = True) -> Optional[dict]:

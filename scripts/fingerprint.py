@@ -25,6 +25,7 @@ from batchcam._helpers import atomic_write_json  # noqa: E402
 from batchcam.behaviour import code_key  # noqa: E402
 from batchcam.data import default_data_root  # noqa: E402
 from batchcam.provenance import code_hashes, git  # noqa: E402
+from batchcam.staleness import load_behaviour, pack_behaviour  # noqa: E402
 
 TARGET = REPO / "results" / "behaviour.json"
 
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--commit", action="append", default=[], help="probe this commit (repeatable)")
     parser.add_argument("--force", action="store_true", help="replace an existing entry")
     args = parser.parse_args()
-    entries = json.loads(TARGET.read_text()) if TARGET.is_file() else {}
+    entries = load_behaviour(TARGET)
     jobs = [(c, code_hashes(c)) for c in args.commit] or [("working tree", code_hashes())]
     for label, hashes in jobs:
         if None in hashes.values() and label != "working tree":
@@ -65,7 +66,7 @@ def main() -> None:
                 finally:
                     git("worktree", "remove", "--force", str(tree))
         entries[key] = result
-        atomic_write_json(TARGET, dict(sorted(entries.items())))
+        atomic_write_json(TARGET, pack_behaviour(entries))
         print(f"{label}: code {key} probed ({sum(map(len, result.values()))} numbers) -> {TARGET}")
 
 
