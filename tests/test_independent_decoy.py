@@ -1,19 +1,12 @@
 """scripts/independent_decoy.py: its own decoy construction does what chapter 9 describes (the check that
 the package's decoy pipeline is reproduced by code that shares none of it)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "independent_decoy.py"
+from _scripts import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("independent_decoy", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("independent_decoy")
 
 
 def test_textures_are_ten_distinct_non_uniform_binary_patches():

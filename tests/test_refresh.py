@@ -1,17 +1,15 @@
 """scripts/refresh_notebooks.py records each notebook's execution time for the landing page."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("refresh", ROOT / "scripts" / "refresh_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("refresh_notebooks")
 
 
 def test_execution_times_are_merged_per_notebook(tmp_path):
