@@ -39,3 +39,25 @@ def test_an_installed_package_finds_the_records_after_fetch_records(tmp_path):
     assert before == "results/runs" and not (tmp_path / "work" / "results").exists()
     assert after == str(tmp_path / "home" / ".cache" / "batchcam" / "results" / "runs")
     assert n == len(runs)
+
+
+def test_committed_sanity_records_are_sealed_and_name_a_verdict_grid_run():
+    """Every results/sanity record (chapter 8) carries a valid record_sha256, was made at a clean commit, and
+    its run_id (cascade) is a verdict-grid run whose record is committed."""
+    import json
+    from pathlib import Path
+
+    from batchcam import grid
+    from batchcam.digest import record_hash_ok
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    files = sorted((root / "sanity").glob("*.json"))
+    verdict_ids = {c.run_id for c in grid.verdict_grid()}
+    for f in files:
+        rec = json.loads(f.read_text())
+        assert record_hash_ok(rec) is True, f"{f.name}: record_sha256 does not match"
+        assert rec["provenance"]["git_dirty"] is False, f"{f.name}: made from a dirty tree"
+        if rec["kind"] == "cascade":
+            assert rec["run_id"] in verdict_ids and (root / "runs" / f"{rec['run_id']}.json").is_file()
+            assert f.name == f"cascade-{rec['run_id']}.json"
+            assert all(0.0 <= s["dead"] <= 1.0 for s in rec["stages"])
