@@ -266,7 +266,7 @@ def _run_list_runs(args) -> int:
 
 
 def _run_verdicts() -> int:
-    from . import grid, verdicts
+    from . import decoy_verdicts, grid, verdicts
 
     rows = load_runs()
     try:
@@ -275,11 +275,13 @@ def _run_verdicts() -> int:
         configs, note = [], str(exc)
     bench_path = latest_bench_path("cpu", preset="verdict")
     bench = load_bench(bench_path)
-    path = verdicts.write(verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note, bench=bench,
-                                         bench_name=bench_path.name if bench_path else None))
+    content = verdicts.build(rows, configs, design=verdicts.design_from(rows), note=note, bench=bench,
+                             bench_name=bench_path.name if bench_path else None)
+    content["decoy"] = decoy_verdicts.from_records(rows)
+    path = verdicts.write(content)
     counts: dict[str, int] = {}
     content = json.loads(path.read_text())
-    for e in content["entries"] + content["timing"]:
+    for e in content["entries"] + content["timing"] + content["decoy"]["entries"]:
         counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
     print(f"{path}: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     return 0

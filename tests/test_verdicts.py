@@ -119,6 +119,10 @@ def test_the_committed_file_matches_the_committed_records():
                     bench_name=getattr(results.latest_bench_path("cpu", preset="verdict"), "name", None))
     assert fresh["entries"] == stored["entries"] and fresh["timing"] == stored.get("timing"), (
         "results/verdicts.json is not what the records give: run `python -m batchcam verdicts` and commit it")
+    from batchcam import decoy_verdicts
+
+    assert json.loads(json.dumps(decoy_verdicts.from_records(rows))) == stored.get("decoy"), (
+        "the decoy part of results/verdicts.json is not what the records give: run `python -m batchcam verdicts`")
     for e in stored["entries"]:
         if e["test"]:
             effect, p = _independent(e, rows)
