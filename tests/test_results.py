@@ -418,7 +418,9 @@ def test_every_committed_record_loads():
     rows = R.load_runs(COMMITTED)
     assert len(rows) == len(paths), sorted({p.stem for p in paths} - {r["run_id"] for r in rows})
     total = sum(p.stat().st_size for p in COMMITTED.iterdir())
-    assert total < 16 * 2**20, f"records take {total / 2**20:.1f} MiB"
+    # the clone stays small: about 50 KB per run (JSON + class-mean maps) for the ~600 planned CPU runs
+    # (three-seed grids, the verdict and decoy verdict grids, ablations) is about 30 MiB
+    assert total < 32 * 2**20, f"records take {total / 2**20:.1f} MiB"
     for path in paths:  # a CPU record's id is its configuration's (a CUDA one needs a CUDA machine)
         record = R.load_record(path)
         if record["runtime"]["device_type"] == "cpu":
