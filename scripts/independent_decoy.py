@@ -119,7 +119,7 @@ def grid_interval(dataset: str) -> dict | None:
         return None
     mean, sd = statistics.mean(rel), statistics.stdev(rel)
     half = stats.t.ppf(0.975, len(rel) - 1) * sd / len(rel) ** 0.5
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(rel)}
+    return {"mean": float(mean), "low": float(mean - half), "high": float(mean + half), "n": len(rel)}
 
 
 def main(argv=None) -> int:
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
               f"random {r['random_accuracy']:.4f}, clean {r['clean_accuracy']:.4f}), {r['train_s']:.0f} s")
     mean = statistics.mean(r["reliance"] for r in rows)
     ref = grid_interval(args.dataset)
-    inside = None if ref is None else ref["low"] <= mean <= ref["high"]
+    inside = None if ref is None else bool(ref["low"] <= mean <= ref["high"])
     record = {"kind": "batchcam-independent-decoy", "dataset": args.dataset, "patch": f"texture{PATCH}",
               "recipe": {"n_train": args.n_train, "hold_out": HOLD_OUT, "epochs": EPOCHS, "batch_size": BATCH,
                          "lr": LR, "optimizer": "adam"},

@@ -29,3 +29,27 @@ def test_paste_puts_the_class_texture_in_the_chosen_corner_and_nothing_else():
         rest = out[n, 0].copy()
         rest[r0:r0 + 6, c0:c0 + 6] = 17
         assert (rest == 17).all()
+
+
+def test_main_writes_a_record_that_compares_with_the_grid_interval(tmp_path, monkeypatch):
+    """The record is written (plain JSON types, even when the grid's interval comes from NumPy/SciPy) and says
+    whether the mean reliance lies inside the grid's interval; training is replaced by fixed rows."""
+    import json
+
+    s = _script()
+
+    def fake_seed(dataset, seed, root, n_train=20_000):
+        return {"seed": seed, "clean_accuracy": 0.9, "consistent_accuracy": 1.0, "random_accuracy": 0.4,
+                "reliance": 0.6, "train_s": 1.0}
+
+    monkeypatch.setattr(s, "one_seed", fake_seed)
+    monkeypatch.setattr(s, "grid_interval", lambda dataset: {"mean": np.float64(0.62), "low": np.float64(0.55),
+                                                             "high": np.float64(0.69), "n": 10})
+    assert s.main(["--seeds", "0", "1", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["inside_grid_interval"] is True and record["mean_reliance"] == 0.6
+    assert [r["seed"] for r in record["seeds"]] == [0, 1]
+    monkeypatch.setattr(s, "grid_interval", lambda dataset: {"mean": 0.3, "low": 0.25, "high": 0.35, "n": 10})
+    assert s.main(["--seeds", "0", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads(next((tmp_path / "b").glob("*.json")).read_text())["inside_grid_interval"] is False
