@@ -111,10 +111,11 @@ def grid_interval(dataset: str) -> dict | None:
     """The decoy verdict grid's ``ce`` reliance over its recorded seeds: mean, 95 % t interval, n."""
     from scipy import stats
 
-    from batchcam.grid import decoy_verdict_cell
+    from batchcam.grid import VERDICT_SEEDS, decoy_verdict_cell
     from batchcam.results import load_runs
 
-    rel = [r["decoy_reliance"] for r in load_runs() if r["dataset"] == dataset and decoy_verdict_cell(r) == "ce"]
+    rel = [r["decoy_reliance"] for r in load_runs() if r["dataset"] == dataset and decoy_verdict_cell(r) == "ce"
+           and r["seed"] in VERDICT_SEEDS]  # the grid's seeds, not the λ-tuning control (seed 100)
     if len(rel) < 2:
         return None
     mean, sd = statistics.mean(rel), statistics.stdev(rel)

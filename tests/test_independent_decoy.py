@@ -53,3 +53,20 @@ def test_main_writes_a_record_that_compares_with_the_grid_interval(tmp_path, mon
     monkeypatch.setattr(s, "grid_interval", lambda dataset: {"mean": 0.3, "low": 0.25, "high": 0.35, "n": 10})
     assert s.main(["--seeds", "0", "--out", str(tmp_path / "b")]) == 0
     assert json.loads(next((tmp_path / "b").glob("*.json")).read_text())["inside_grid_interval"] is False
+
+
+def test_the_grid_interval_reads_the_grid_seeds_of_the_control_only(monkeypatch):
+    """``grid_interval`` takes the control cell's seeds 0-9, not the λ-tuning control (seed 100) nor other cells."""
+    import dataclasses
+
+    from batchcam import grid, results
+
+    s = _script()
+    lambdas = {"ce+rrr-input": 0.1, "ce+rrr": 3.0}
+    configs = grid.decoy_verdict_grid(seeds=[0, 1, 100], datasets=["mnist"], lr=2e-3, oracle_lambdas=lambdas)
+    rows = [{**dataclasses.asdict(c), "decoy_reliance": 0.9 if c.seed == 100 else 0.5 + 0.1 * c.seed}
+            for c in configs]
+    monkeypatch.setattr(results, "load_runs", lambda *a, **k: rows)
+    ref = s.grid_interval("mnist")
+    assert ref["n"] == 2 and abs(ref["mean"] - 0.55) < 1e-12 and ref["low"] < 0.5 < 0.6 < ref["high"]
+    assert s.grid_interval("fashion-mnist") is None
