@@ -43,7 +43,8 @@ def test_an_installed_package_finds_the_records_after_fetch_records(tmp_path):
 
 def test_committed_sanity_records_are_sealed_and_name_a_verdict_grid_run():
     """Every results/sanity record (chapter 8) carries a valid record_sha256, was made at a clean commit, and
-    its run_id (cascade) is a verdict-grid run whose record is committed."""
+    its run_id (cascade) is a verdict-grid run whose record is committed; a data-randomisation record's
+    "memorised" agrees with its training accuracy."""
     import json
     from pathlib import Path
 
@@ -61,3 +62,7 @@ def test_committed_sanity_records_are_sealed_and_name_a_verdict_grid_run():
             assert rec["run_id"] in verdict_ids and (root / "runs" / f"{rec['run_id']}.json").is_file()
             assert f.name == f"cascade-{rec['run_id']}.json"
             assert all(0.0 <= s["dead"] <= 1.0 for s in rec["stages"])
+        elif rec["kind"] == "data-randomisation":  # the 90 % bar is the record's own, never a reading of it
+            assert rec["memorised"] is (rec["train_accuracy_permuted"] >= 0.9)
+            assert f.name == f"data-randomisation-{rec['dataset']}-seed{rec['seed']}.json"
+            assert -1.0 <= rec["spearman_mean"] <= 1.0 and 0.0 <= rec["spearman_abs_mean"] <= 1.0
