@@ -109,18 +109,16 @@ def one_seed(dataset: str, seed: int, root, n_train: int = 20_000) -> dict:
 
 def grid_interval(dataset: str) -> dict | None:
     """The decoy verdict grid's ``ce`` reliance over its recorded seeds: mean, 95 % t interval, n."""
-    from scipy import stats
-
     from batchcam.grid import VERDICT_SEEDS, decoy_verdict_cell
     from batchcam.results import load_runs
+    from batchcam.rulers import mean_interval
 
     rel = [r["decoy_reliance"] for r in load_runs() if r["dataset"] == dataset and decoy_verdict_cell(r) == "ce"
            and r["seed"] in VERDICT_SEEDS]  # the grid's seeds, not the λ-tuning control (seed 100)
     if len(rel) < 2:
         return None
-    mean, sd = statistics.mean(rel), statistics.stdev(rel)
-    half = stats.t.ppf(0.975, len(rel) - 1) * sd / len(rel) ** 0.5
-    return {"mean": float(mean), "low": float(mean - half), "high": float(mean + half), "n": len(rel)}
+    mean, low, high = mean_interval(rel)
+    return {"mean": mean, "low": low, "high": high, "n": len(rel)}
 
 
 def main(argv=None) -> int:
