@@ -61,8 +61,14 @@ def _synthetic_split(n: int, seed: int):
 
 
 def _fake_load_data(config):
-    """``batchcam.train.load_data`` on synthetic data (training subset follows the seed, test fixed)."""
-    return _synthetic_split(config.n_train or 96, config.seed), _synthetic_split(config.n_test or 48, 1000)
+    """``batchcam.train.load_data`` on synthetic data (training subset follows the seed, test fixed; the
+    training labels permuted as ``load_data`` permutes them)."""
+    from batchcam.train import permute_labels
+
+    train = _synthetic_split(config.n_train or 96, config.seed)
+    if getattr(config, "permute_labels", None) is not None:
+        train = permute_labels(train, config.permute_labels)
+    return train, _synthetic_split(config.n_test or 48, 1000)
 
 
 @pytest.fixture(scope="session")

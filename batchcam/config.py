@@ -42,7 +42,7 @@ NOT_RESULT_FIELDS = ("device", "data_root", "out_dir", "eval_cam_loop_samples", 
 #: they stay out of the run id's hash, so older run ids (and their records) keep their names.
 LATER_FIELDS = {"decoy": "none", "prototype_source": "train", "lambda_rrr": 1.0, "stop_gradient": True,
                 "cam_normalize": "max", "n_val": 0, "order": "seed+epoch", "cam_method": "gradcam",
-                "decoy_patch": "ross4", "amp_dtype": "bf16"}
+                "decoy_patch": "ross4", "amp_dtype": "bf16", "permute_labels": None}
 #: Fields that exist for one objective only: in its run ids always (so a later change of their default can
 #: never give two different runs one id), in no other run's hash.
 OBJECTIVE_FIELDS = {"lambda_rrr_input": "ce+rrr-input"}
@@ -110,6 +110,8 @@ class TrainConfig:
                                      "ce+rrr-input; [0, 1] inputs)")
     amp_dtype: str = _field("bf16", "autocast dtype of --amp on CUDA: 'bf16', or 'fp16' with a GradScaler for GPUs "
                             "without native bf16 (e.g. Colab's T4)", AMP_DTYPES)
+    permute_labels: Optional[int] = _field(None, "data randomisation (chapter 8): train on the training labels "
+                                           "permuted under this seed; validation and test labels stay true")
     selected_on: str = _field("", "how each choice of the recipe was made, e.g. 'lr=val;lambda=design' "
                               "(provenance, not part of the run id)")
 
@@ -136,6 +138,10 @@ class TrainConfig:
             if value is not None and value > ceiling:
                 raise ValueError(f"--{name.replace('_', '-')} {value} is above the ceiling {ceiling}; "
                                  f"use at most {ceiling}")
+        if self.permute_labels is not None and not (isinstance(self.permute_labels, int)
+                                                    and not isinstance(self.permute_labels, bool)
+                                                    and self.permute_labels >= 0):
+            raise ValueError(f"--permute-labels must be an integer seed ≥ 0, got {self.permute_labels!r}")
         if not isinstance(self.n_val, int) or not 0 <= self.n_val < SPLIT_SIZES["train"] or self.n_val % NUM_CLASSES:
             raise ValueError(f"--n-val must be a multiple of {NUM_CLASSES} in 0..{SPLIT_SIZES['train'] - NUM_CLASSES} "
                              f"(a stratified split), got {self.n_val!r}")
@@ -157,6 +163,8 @@ class TrainConfig:
         if self.decoy_patch != "ross4" and self.decoy == "none":
             raise ValueError(f"--decoy-patch {self.decoy_patch} changes the decoy: use it with --decoy train+test "
                              "or --decoy test")
+        if self.permute_labels is not None and self.decoy != "none":
+            raise ValueError("--permute-labels is the data randomisation check of clean data; leave out --decoy")
         if self.prototype_source == "clean" and self.decoy != "train+test":
             raise ValueError("--prototype-source clean differs from 'train' only with --decoy train+test")
         if self.prototype_source != "train" and "proto" not in self.objective:
@@ -264,7 +272,8 @@ class TrainConfig:
                  "prototype_source": {"clean": "pclean", "ce-maps": "pcemaps"}.get(c.prototype_source),
                  "lambda_rrr": f"lr{c.lambda_rrr:g}", "stop_gradient": "nosg",
                  "cam_normalize": c.cam_normalize, "n_val": f"val{c.n_val}", "order": "ose",
-                 "cam_method": c.cam_method, "decoy_patch": c.decoy_patch, "amp_dtype": c.amp_dtype}
+                 "cam_method": c.cam_method, "decoy_patch": c.decoy_patch, "amp_dtype": c.amp_dtype,
+                 "permute_labels": f"perm{c.permute_labels}"}
         effective = self.result_fields()  # a later field is named exactly when it changes the numbers
         parts += [later[k] for k in LATER_FIELDS if k in effective]
         parts += [f"lri{c.lambda_rrr_input:g}"] * (c.objective == OBJECTIVE_FIELDS["lambda_rrr_input"])

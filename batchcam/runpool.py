@@ -55,7 +55,7 @@ def _init_worker(threads: int) -> None:
 def _data_key(config: TrainConfig) -> tuple:
     """What ``load_data`` depends on (the seed only through a training subset)."""
     return (config.dataset, config.n_train, config.n_test, config.seed if config.n_train else None,
-            config.n_val, config.data_root)
+            config.n_val, config.data_root, config.permute_labels)
 
 
 def train_run(config: TrainConfig, root: str, extra: Optional[dict] = None) -> dict:

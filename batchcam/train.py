@@ -28,7 +28,8 @@ from .loop import recalibrate_batchnorm, train_one_epoch
 from .models import create_model
 from .prototypes import class_prototypes
 
-__all__ = ["Run", "fit", "load_data", "load_validation", "checkpoint_path", "load_checkpoint", "map_prototypes"]
+__all__ = ["Run", "fit", "load_data", "permute_labels", "load_validation", "checkpoint_path", "load_checkpoint",
+           "map_prototypes"]
 
 #: Fields that may differ between a checkpoint and the run resuming it.
 RESUMABLE_DIFFERENCES = {"device", "data_root", "out_dir", "eval_cam_loop_samples"}
@@ -121,7 +122,8 @@ def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], t
     """``((train uint8 [N,1,28,28], int64 [N]), (test ..., ...))`` of a run (chapter 6). The training subset follows
     the run's seed; the test subset is always drawn with seed 0, so every run of a grid is
     evaluated on the same images. With ``n_val`` the training images exclude the validation split
-    (:func:`load_validation`); the subset is then drawn from what remains."""
+    (:func:`load_validation`); the subset is then drawn from what remains. With ``permute_labels`` the
+    training labels are permuted (``torch.randperm`` under that seed; the data randomisation check)."""
     if config.n_val:
         x, y = load_split(config.dataset, True, root=config.data_root)
         keep, _ = split_validation(y, config.n_val, NUM_CLASSES)
@@ -131,8 +133,17 @@ def load_data(config: TrainConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], t
         train = x[keep], y[keep]
     else:
         train = load_split(config.dataset, True, root=config.data_root, n=config.n_train, seed=config.seed)
+    if config.permute_labels is not None:
+        train = permute_labels(train, config.permute_labels)
     test = load_split(config.dataset, False, root=config.data_root, n=config.n_test, seed=0)
     return train, test
+
+
+def permute_labels(train: tuple[torch.Tensor, torch.Tensor], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images [N, ...], labels [N])`` with the labels permuted by ``torch.randperm(N)`` under ``seed`` and
+    the images in their order: the data randomisation check of chapter 8 (``TrainConfig.permute_labels``)."""
+    x, y = train
+    return x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))]
 
 
 def load_validation(config: TrainConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

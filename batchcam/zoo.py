@@ -12,14 +12,13 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 from torch import nn
 
 from .config import TrainConfig
 from .data import default_data_root
 from .results import is_complete, load_record
 from .runner import fit_and_record
-from .train import checkpoint_path, load_checkpoint, load_data
+from .train import checkpoint_path, load_checkpoint
 
 __all__ = ["cached_fit", "cache_root"]
 
@@ -40,24 +39,19 @@ def cached_fit(config: TrainConfig, cache_dir: Optional[Union[str, Path]] = None
 
     ``permute_labels=seed`` trains on the same images with their training labels randomly
     permuted (``torch.randperm`` under that seed): the *data randomisation* sanity check of
-    chapter 8. The prototypes are then the class means under the permuted labels, the test set
-    keeps its true labels, the run is cached apart (``<cache>/permuted-labels-<seed>``) and its
-    record says ``record["permuted_labels_seed"]``.
+    chapter 8, ``TrainConfig.permute_labels`` (its own run id, ``...-perm<seed>-...``). The
+    prototypes are then the class means under the permuted labels, the test set keeps its true
+    labels, the run is cached apart (``<cache>/permuted-labels-<seed>``) and its record says
+    ``record["permuted_labels_seed"]``.
     """
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     if permute_labels is not None:
         cache = cache / f"permuted-labels-{int(permute_labels)}"
-    config = dataclasses.replace(config, out_dir=str(cache))
+    config = dataclasses.replace(config, out_dir=str(cache), permute_labels=permute_labels)
     runs, ckpt = cache / "runs", checkpoint_path(config)
     if is_complete(config.run_id, runs) and ckpt.is_file():
         model, _ = load_checkpoint(ckpt)
         return model, load_record(runs / f"{config.run_id}.json")
-    data = None
-    if permute_labels is not None:
-        (train_x, train_y), test = load_data(config)
-        perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(int(permute_labels)))
-        data = ((train_x, train_y[perm]), test)
     extra = {} if permute_labels is None else {"permuted_labels_seed": int(permute_labels)}
-    run, path = fit_and_record(config, root=runs, resume=False, force=True, progress=progress, data=data,
-                               extra=extra)
+    run, path = fit_and_record(config, root=runs, resume=False, force=True, progress=progress, extra=extra)
     return run.model.eval(), load_record(path)
