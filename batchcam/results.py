@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from ._helpers import atomic_write_bytes, atomic_write_json
+from ._helpers import atomic_write_bytes, atomic_write_json, fsynced_temp
 from .digest import RECORD_HASH_FIELD, record_hash_ok, with_hash
 from .provenance import REPO, provenance
 
@@ -126,7 +125,7 @@ def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[Pat
     record = with_hash(record)
     validate_record(record)
     tensors_path = atomic_write_bytes(root / record["tensors"]["file"], data)
-    tmp = _fsynced_temp(root, f"{run_id}.json", (json.dumps(record, indent=1) + "\n").encode())
+    tmp = fsynced_temp(root, f"{run_id}.json", (json.dumps(record, indent=1) + "\n").encode())
     try:
         _publish(tmp, path, run_id, root, force)
     except RecordExistsError:
@@ -137,18 +136,6 @@ def write_run(record: dict, tensors: dict[str, torch.Tensor], root: Optional[Pat
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _fsynced_temp(root: Path, name: str, data: bytes) -> Path:
-    """A temporary file beside ``name`` in ``root`` holding ``data``, fsynced."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    return Path(tmp)
 
 
 def _publish(tmp: Path, path: Path, run_id: str, root: Path, force: bool) -> None:

@@ -132,7 +132,7 @@ def _fail_json_write(monkeypatch):
     def fail(root, name, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R, "_fsynced_temp", fail)
+    monkeypatch.setattr(R, "fsynced_temp", fail)
 
 
 def test_a_json_write_that_fails_after_the_tensors_leaves_no_record(tmp_path, make_record, monkeypatch):
@@ -488,3 +488,22 @@ def test_a_probe_made_before_a_module_joined_the_closure_is_found():
     behaviour = {code_key(old): {"simplecnn": {"x": 1.0}}}
     assert probe_for({**old, "batchcam/loop.py": None}, behaviour) == {"simplecnn": {"x": 1.0}}
     assert probe_for({**old, "batchcam/loop.py": None}, behaviour, legacy=False) is None  # HEAD: every file
+
+
+def test_atomic_writes_share_one_temp_file_rule(tmp_path, monkeypatch):
+    """``atomic_write_bytes`` and ``write_run``'s JSON both go through ``_helpers.fsynced_temp``: the usual
+    permissions (not mkstemp's 0600), and a failed rename leaves neither the target nor a temp file."""
+    import os
+
+    from batchcam import _helpers
+
+    path = _helpers.atomic_write_bytes(tmp_path / "a.bin", b"abc")
+    assert path.read_bytes() == b"abc" and (path.stat().st_mode & 0o777) == 0o666 & ~_helpers._UMASK
+
+    def fail(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="rename failed"):
+        _helpers.atomic_write_bytes(tmp_path / "b.bin", b"xyz")
+    assert not (tmp_path / "b.bin").exists() and not tmp_files(tmp_path)
