@@ -84,10 +84,6 @@ def entry_values(entry: Mapping, rows: Sequence[Mapping]) -> tuple[list[float], 
             [by_id[i][entry["metric"]] for i in entry["run_ids"]["ce"]])
 
 
-def _planning_sd(claim: Claim, dataset: str, objective: str, design: Mapping) -> Optional[float]:
-    return design.get(f"{dataset}/{objective}/{claim.metric}")
-
-
 def design_from(rows: Sequence[Mapping], lr: float = 2e-3) -> dict[str, float]:
     """The spread seen before the verdict runs (chapter 7's power analysis): for each dataset, loss objective
     and tested metric, the standard deviation of the per-seed differences objective − ce of the first
@@ -145,7 +141,7 @@ def build(rows: Sequence[Mapping], configs: Sequence[Any], *, design: Optional[M
                      "ci_low": None, "ci_high": None, "p": None, "p_holm": None, "mde": None,
                      "verdict": "not testable here", "note": claim.not_testable,
                      "run_ids": {"objective": [], "ce": []}}
-                sd = _planning_sd(claim, dataset, objective, design)
+                sd = design.get(f"{dataset}/{objective}/{claim.metric}")  # the spread planned on
                 if sd:
                     e["mde"] = stats.min_detectable_effect(PLANNED_SEEDS, sd, alpha, paired=True,
                                                            alternative=claim.direction)
