@@ -73,14 +73,16 @@ def amp_autocast(device: torch.device, amp: "bool | str"):
     return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
-def cudnn_autotune(device: torch.device):
-    """A context in which cuDNN autotunes its kernels on CUDA (restored on exit)."""
+def cudnn_autotune(device: torch.device, on: bool = True):
+    """A context in which cuDNN autotunes its kernels on CUDA (restored on exit); ``on=False``: a context
+    in which it does not, for calls whose input shapes vary (the faithfulness scores' batches: every new
+    shape would be autotuned again; chapter 7)."""
     import contextlib
 
     @contextlib.contextmanager
     def context():
         old = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = old or device.type == "cuda"
+        torch.backends.cudnn.benchmark = (old or device.type == "cuda") if on else False
         try:
             yield
         finally:

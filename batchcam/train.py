@@ -236,8 +236,9 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, dat
             return None
         ev = evaluate(model, test_x, test_y, prototypes, progress=progress, **kw)
         loop = time_gradcam(model, test_x, test_y, n_loop=config.eval_cam_loop_samples, **kw)
-        ev["faithfulness"] = faithfulness(model, test_x, test_y, prototypes,
-                                          n=config.eval_faithfulness_samples, **kw)
+        with cudnn_autotune(device, on=False):  # deletion's batches vary in size: no autotuning per shape
+            ev["faithfulness"] = faithfulness(model, test_x, test_y, prototypes,
+                                              n=config.eval_faithfulness_samples, **kw)
         if decoy is not None:
             ev["decoy"] = {**decoy_metrics(model, decoy, prototypes=target, **kw),
                            **decoy_validation(model, decoy, image_size=config.image_size, amp=amp)}

@@ -102,7 +102,8 @@ def test_run_id_is_readable_and_ends_with_device_and_hash():
                                     dict(optimizer="adamw"), dict(weight_decay=1e-4), dict(seed=1), dict(epochs=3),
                                     dict(objective="ce"), dict(distance="ssim"), dict(lambda_batchcam=0.5),
                                     dict(image_size=32), dict(n_train=500), dict(n_test=500),
-                                    dict(channels_last=not torch.cuda.is_available()), dict(dataset="fashion-mnist")])
+                                    dict(channels_last=not torch.cuda.is_available()), dict(dataset="fashion-mnist"),
+                                    dict(permute_labels=0)])
 def test_run_id_changes_with_every_result_field(change):
     assert TrainConfig(**change).run_id != TrainConfig().run_id
 
@@ -217,6 +218,37 @@ def test_fit_returns_the_run(tiny_config, fake_data, tiny_model):
     assert run.runtime["device_type"] == "cpu" and run.runtime["amp"] is False
     assert checkpoint_path(run.config).is_file()
     assert not (checkpoint_path(run.config).parent.parent / "runs").exists()  # fit writes no record
+
+
+def test_cudnn_autotuning_is_on_for_training_and_off_for_the_faithfulness_scores(tiny_config, fake_data, tiny_model,
+                                                                                  monkeypatch):
+    """On CUDA ``fit`` autotunes cuDNN, except around the faithfulness scores, whose batches change size from
+    call to call (each new shape would be tuned again). On a CPU the flag is inert; set here to see it."""
+    from batchcam._helpers import cudnn_autotune
+
+    seen = {}
+    real_faith, real_epoch = T.faithfulness, T.train_one_epoch
+
+    def faith(*a, **k):
+        seen["faithfulness"] = torch.backends.cudnn.benchmark
+        return real_faith(*a, **k)
+
+    def epoch(*a, **k):
+        seen["training"] = torch.backends.cudnn.benchmark
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(T, "faithfulness", faith)
+    monkeypatch.setattr(T, "train_one_epoch", epoch)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    fit(tiny_config(epochs=1), progress=False)
+    assert seen == {"training": True, "faithfulness": False} and torch.backends.cudnn.benchmark is True
+    torch.backends.cudnn.benchmark = False
+    with cudnn_autotune(torch.device("cuda")):  # only a flag: no GPU needed
+        assert torch.backends.cudnn.benchmark is True
+        with cudnn_autotune(torch.device("cuda"), on=False):
+            assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_fit_with_zero_epochs_evaluates_the_untrained_model(tiny_config, fake_data, tiny_model, monkeypatch):
