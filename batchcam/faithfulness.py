@@ -138,22 +138,43 @@ def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor
 
 def noisy_linear_imputation(images: torch.Tensor, missing: torch.Tensor, *, noise: float = 0.01,
                             generator: Optional[torch.Generator] = None, tol: float = 1e-8,
-                            max_iter: Optional[int] = None) -> torch.Tensor:
+                            max_iter: Optional[int] = None, method: str = "auto") -> torch.Tensor:
     """ROAD's noisy linear imputation of the ``missing`` pixels of each image (chapter 8).
 
     Each missing pixel is the weighted mean of its in-image 8 neighbours (weights 1/6 edge, 1/12
     diagonal, renormalised at the border), known pixels fixed: one sparse linear system per image
-    and channel, which pytorch-grad-cam solves with ``scipy.sparse.linalg.spsolve``. Here all are
-    solved at once by Jacobi-preconditioned conjugate gradients in float64 (symmetric positive
-    definite when some pixel is known; with none the value is 0) until ``‖r‖ ≤ tol·‖b‖``; then
-    Gaussian noise of std ``noise`` (from ``generator``) is added to the missing pixels.
-    images [M, C, H, W], missing [M, H, W] bool → [M, C, H, W] in the dtype of ``images``.
+    and channel, which pytorch-grad-cam solves with ``scipy.sparse.linalg.spsolve``. ``method``:
+    ``"direct"`` solves them as one block-diagonal sparse system with ``spsolve`` (exact; fastest on a
+    CPU), ``"cg"`` all at once on the images' device by Jacobi-preconditioned conjugate gradients in
+    float64 until ``‖r‖ ≤ tol·‖b‖`` (no copy to the host; for a GPU), ``"auto"`` the first on a CPU and
+    the second elsewhere. The systems are symmetric positive definite when some pixel of the image is
+    known; with none the value is 0. Then Gaussian noise of std ``noise`` (from ``generator``) is added
+    to the missing pixels. images [M, C, H, W], missing [M, H, W] bool → [M, C, H, W] in the dtype of
+    ``images``.
     """
+    if method not in ("auto", "direct", "cg"):
+        raise ValueError(f"method must be 'auto', 'direct' or 'cg', got {method!r}")
     m, c, h, w = images.shape
-    f64 = dict(dtype=torch.float64, device=images.device)
+    x = images.to(torch.float64).reshape(m * c, h, w)
+    miss = missing.repeat_interleave(c, 0)
+    if method == "direct" or (method == "auto" and images.device.type == "cpu"):
+        filled = _impute_direct(x.cpu(), miss.cpu()).to(images.device)
+    else:
+        filled = _impute_cg(x, miss, tol, max_iter)
+    out = filled.view(m, c, h, w).to(images.dtype)
+    if noise:
+        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        out = out + noise * eps * missing[:, None].to(out.dtype)
+    return out
+
+
+def _impute_cg(x: torch.Tensor, missing: torch.Tensor, tol: float, max_iter: Optional[int]) -> torch.Tensor:
+    """:func:`noisy_linear_imputation`'s systems by batched Jacobi-preconditioned CG: x float64 [M, H, W],
+    missing bool [M, H, W] → x with the missing pixels imputed (no noise)."""
+    n, h, w = x.shape
+    f64 = dict(dtype=torch.float64, device=x.device)
     kern = torch.tensor(_NEIGHBOURS, **f64).view(1, 1, 3, 3)
-    x = images.to(torch.float64).reshape(m * c, 1, h, w)
-    miss = missing.to(**f64).repeat_interleave(c, 0).view(m * c, 1, h, w)
+    x, miss = x.view(n, 1, h, w), missing.to(**f64).view(n, 1, h, w)
     wsum = F.conv2d(torch.ones(1, 1, h, w, **f64), kern, padding=1)  # in-image neighbour weight
 
     def matvec(v):  # the system on the missing pixels: v_i·Σ_j w_ij − Σ_j w_ij v_j
@@ -178,11 +199,49 @@ def noisy_linear_imputation(images: torch.Tensor, missing: torch.Tensor, *, nois
         rz_new = (r * z).sum((1, 2, 3))
         beta = torch.where(rz > 0, rz_new / rz.where(rz > 0, 1.0), 0.0)
         p, rz = z + beta.view(-1, 1, 1, 1) * p, rz_new
-    out = (x * (1 - miss) + miss * sol).view(m, c, h, w).to(images.dtype)
-    if noise:
-        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
-        out = out + noise * eps * missing[:, None].to(out.dtype)
-    return out
+    return (x * (1 - miss) + miss * sol).view(n, h, w)
+
+
+def _impute_direct(x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """:func:`noisy_linear_imputation`'s systems as one block-diagonal sparse system, solved by
+    ``scipy.sparse.linalg.spsolve``: x float64 [M, H, W] (CPU), missing bool [M, H, W] → x imputed."""
+    import numpy as np
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    xs, miss = x.numpy(), missing.numpy()
+    n, h, w = xs.shape
+    unknown = miss & ~miss.reshape(n, -1).all(1)[:, None, None]  # an image with no known pixel gets 0
+    out = np.where(miss, 0.0, xs)
+    count = int(unknown.sum())
+    if count == 0:
+        return torch.from_numpy(out)
+    index = np.full(xs.shape, -1, dtype=np.int64)
+    index[unknown] = np.arange(count)
+
+    def pad(a, value):
+        return np.pad(a, ((0, 0), (1, 1), (1, 1)), constant_values=value)
+
+    p_x, p_miss, p_index = pad(xs, 0.0), pad(miss, True), pad(index, -1)
+    p_inside = pad(np.ones_like(miss), False)
+    diag, rhs, rows, cols, vals = np.zeros(count), np.zeros(count), [], [], []
+    own = index[unknown]
+    for di in range(3):
+        for dj in range(3):
+            weight = _NEIGHBOURS[di][dj]
+            if not weight:
+                continue
+            window = (slice(None), slice(di, di + h), slice(dj, dj + w))
+            inside, other = p_inside[window][unknown], p_index[window][unknown]
+            diag += weight * inside
+            rhs += weight * np.where(inside & ~p_miss[window][unknown], p_x[window][unknown], 0.0)
+            linked = other >= 0
+            rows.append(own[linked]), cols.append(other[linked]), vals.append(np.full(int(linked.sum()), -weight))
+    rows.append(own), cols.append(own), vals.append(diag)
+    a = scipy.sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                shape=(count, count))
+    out[unknown] = scipy.sparse.linalg.spsolve(a, rhs)
+    return torch.from_numpy(out)
 
 
 def road(model: Callable, images: torch.Tensor, maps: torch.Tensor, targets, *,

@@ -154,12 +154,13 @@ def road_data(n=4, c=1, size=12):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 vs pytorch-grad-cam
+@pytest.mark.parametrize("method", ["direct", "cg"])
 @pytest.mark.parametrize("c", [1, 3])
-def test_imputation_equals_pytorch_grad_cam_spsolve(c):
+def test_imputation_equals_pytorch_grad_cam_spsolve(c, method):
     x, _, _ = road_data(n=3, c=c)
     g = torch.Generator().manual_seed(4)
     missing = torch.rand(3, 12, 12, generator=g) < torch.tensor([0.1, 0.5, 0.95]).view(3, 1, 1)
-    mine = noisy_linear_imputation(x, missing, noise=0.0)
+    mine = noisy_linear_imputation(x, missing, noise=0.0, method=method)
     for i in range(3):
         ref = road_ref.NoisyLinearImputer(noise=0.0)(x[i], (~missing[i]).float())
         np.testing.assert_allclose(mine[i].numpy(), ref.numpy(), atol=2e-6)
@@ -181,6 +182,27 @@ def test_road_scores_equal_pytorch_grad_cam(monkeypatch):
     combined = road_ref.ROADCombined()(x, cams, targets, model)
     np.testing.assert_allclose(mine["combined"].numpy(), combined, atol=1e-6)
     assert mine["morf"].abs().max() > 1e-2  # imputation moves the probability
+
+
+def test_direct_and_cg_imputation_agree_and_auto_picks_direct_on_a_cpu(monkeypatch):
+    """The two solvers of the same systems (28 px, 5-95 % missing, an image with nothing known, which
+    gets 0): equal to CG's tolerance; with noise, the same draws. ``auto`` on a CPU is the direct solve."""
+    import batchcam.faithfulness as FA
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(6, 1, 28, 28, generator=g)
+    missing = torch.rand(6, 28, 28, generator=g) < torch.tensor([0.05, 0.3, 0.5, 0.7, 0.95, 1.0]).view(6, 1, 1)
+    cg = noisy_linear_imputation(x, missing, noise=0.0, method="cg")
+    direct = noisy_linear_imputation(x, missing, noise=0.0, method="direct")
+    torch.testing.assert_close(direct, cg, atol=1e-6, rtol=0)
+    assert torch.all(direct[5] == 0)
+    a = noisy_linear_imputation(x, missing, generator=torch.Generator().manual_seed(1), method="cg")
+    b = noisy_linear_imputation(x, missing, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    monkeypatch.setattr(FA, "_impute_cg", lambda *a: pytest.fail("auto used CG on a CPU"))
+    noisy_linear_imputation(x, missing, method="auto")
+    with pytest.raises(ValueError, match="method"):
+        noisy_linear_imputation(x, missing, method="lu")
 
 
 def test_imputation_noise_is_seeded_and_only_on_missing_pixels():
