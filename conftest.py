@@ -66,7 +66,7 @@ def _fake_load_data(config):
     from batchcam.train import permute_labels
 
     train = _synthetic_split(config.n_train or 96, config.seed)
-    if getattr(config, "permute_labels", None) is not None:
+    if config.permute_labels is not None:
         train = permute_labels(train, config.permute_labels)
     return train, _synthetic_split(config.n_test or 48, 1000)
 
