@@ -287,6 +287,13 @@ def _run_verdicts() -> int:
     return 0
 
 
+def _run_status() -> int:
+    from .status import status_markdown
+
+    print(status_markdown(), end="")
+    return 0
+
+
 def _command_line(argv: list[str], extra: Iterable[str] = ()) -> str:
     return "python -m batchcam " + shlex.join(list(argv) + [a for a in extra if a not in argv])
 
@@ -298,6 +305,8 @@ COMMANDS = {
     "list-runs": ("table of the run records", _add_list_runs, _run_list_runs),
     "verdicts": ("write results/verdicts.json from the verdict grid's records (chapter 7)",
                  lambda p: None, lambda args: _run_verdicts()),
+    "status": ("where the reproduction stands, from the committed records and results/verdicts.json",
+               lambda p: None, lambda args: _run_status()),
     "bench": ("speed benchmark: batch Grad-CAM vs the loop and libraries; cost of the losses",
               bench.add_arguments, bench.run),
     "gpu-run": ("one GPU session: smoke test, benchmark, pending grid runs within a budget, one archive",

@@ -64,8 +64,11 @@ def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = N
                 else f"not started: {why.split(';')[0]}")
         lines.append((label, text))
     if verdicts:
-        for part, label in (("entries", "Verdicts on the claims"), ("timing", "Timing verdicts")):
-            words = Counter(e["verdict"] for e in verdicts.get(part) or [])
+        parts = (("entries", "Verdicts on the claims"), ("timing", "Timing verdicts"),
+                 (("decoy", "entries"), "Decoy verdicts (v2: suppresses spurious features)"))
+        for part, label in parts:
+            found = (verdicts.get(part[0]) or {}).get(part[1]) if isinstance(part, tuple) else verdicts.get(part)
+            words = Counter(e["verdict"] for e in found or [])
             if words:
                 lines.append((label, ", ".join(f"{n} {w}" for w, n in words.most_common())))
         lines.append(("Scope", verdicts.get("protocol", {}).get("scope", "")))
