@@ -33,6 +33,14 @@ def _grid(name: str, recorded: set[str]) -> tuple[Optional[tuple[int, int]], str
         return None, str(exc)
 
 
+def _add_words(lines: list, label: str, entries: Optional[Sequence[Mapping]]) -> bool:
+    """Append ``(label, "n word, ...")`` counting the entries' verdict words; False (nothing added) without any."""
+    words = Counter(e["verdict"] for e in entries or [])
+    if words:
+        lines.append((label, ", ".join(f"{n} {w}" for w, n in words.most_common())))
+    return bool(words)
+
+
 def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = None,
                         bench: Optional[Mapping] = None, bench_name: str = "bench record") -> dict:
     """The status as data (chapter 7): per line a label and its text.
@@ -64,14 +72,12 @@ def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = N
                 else f"not started: {why.split(';')[0]}")
         lines.append((label, text))
     if verdicts:
-        parts = (("entries", "Verdicts on the claims"), ("timing", "Timing verdicts"),
-                 (("decoy", "entries"), "Decoy verdicts (v2: suppresses spurious features)"))
-        for part, label in parts:
-            found = (verdicts.get(part[0]) or {}).get(part[1]) if isinstance(part, tuple) else verdicts.get(part)
-            words = Counter(e["verdict"] for e in found or [])
-            if words:
-                lines.append((label, ", ".join(f"{n} {w}" for w, n in words.most_common())))
+        decoy = verdicts.get("decoy") or {}
+        _add_words(lines, "Verdicts on the claims", verdicts.get("entries"))
+        _add_words(lines, "Timing verdicts", verdicts.get("timing"))
         lines.append(("Scope", verdicts.get("protocol", {}).get("scope", "")))
+        if _add_words(lines, "Decoy verdicts (v2: suppresses spurious features)", decoy.get("entries")):
+            lines.append(("Scope of the decoy verdicts", decoy.get("protocol", {}).get("scope", "")))
     else:
         lines.append(("Verdicts", "results/verdicts.json not generated yet (python -m batchcam verdicts)"))
     return {"rows": lines, "records": len(rows)}

@@ -19,7 +19,8 @@ def test_the_status_reads_the_verdict_words_and_the_records(monkeypatch):
             {"run_id": "b", "model": "simplecnn", "epochs": 0, "device": "cpu"}]
     verdicts = {"entries": [{"verdict": "supported"}, {"verdict": "not testable here"}, {"verdict": "supported"}],
                 "timing": [{"verdict": "contradicted"}], "protocol": {"scope": "SimpleCNN, CPU"},
-                "decoy": {"entries": [{"verdict": "not established (underpowered)"}, {"verdict": "supported"}]}}
+                "decoy": {"entries": [{"verdict": "not established (underpowered)"}, {"verdict": "supported"}],
+                          "protocol": {"scope": "SimpleCNN, decoyed"}}}
     bench = {"summary": {"maps_equal": False}}
     got = dict(status.reproduction_status(rows, verdicts, bench, "b.json")["rows"])
     assert got["Main verdict grid"].startswith("2 of 86 runs recorded")
@@ -27,6 +28,7 @@ def test_the_status_reads_the_verdict_words_and_the_records(monkeypatch):
     assert got["Verdicts on the claims"] == "2 supported, 1 not testable here"
     assert got["Timing verdicts"] == "1 contradicted" and got["Scope"] == "SimpleCNN, CPU"
     assert got["Decoy verdicts (v2: suppresses spurious features)"] == "1 not established (underpowered), 1 supported"
+    assert got["Scope of the decoy verdicts"] == "SimpleCNN, decoyed"
     verdicts.pop("decoy")  # a verdicts file from before the decoy family: no line, no error
     assert "Decoy verdicts (v2: suppresses spurious features)" not in dict(
         status.reproduction_status(rows, verdicts, bench)["rows"])
