@@ -33,12 +33,9 @@ def _grid(name: str, recorded: set[str]) -> tuple[Optional[tuple[int, int]], str
         return None, str(exc)
 
 
-def _add_words(lines: list, label: str, entries: Optional[Sequence[Mapping]]) -> bool:
-    """Append ``(label, "n word, ...")`` counting the entries' verdict words; False (nothing added) without any."""
-    words = Counter(e["verdict"] for e in entries or [])
-    if words:
-        lines.append((label, ", ".join(f"{n} {w}" for w, n in words.most_common())))
-    return bool(words)
+def _verdict_words(entries: Optional[Sequence[Mapping]]) -> str:
+    """``"n word, ..."``: the entries' verdict words counted, most common first ("" without entries)."""
+    return ", ".join(f"{n} {w}" for w, n in Counter(e["verdict"] for e in entries or []).most_common())
 
 
 def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = None,
@@ -73,10 +70,13 @@ def reproduction_status(rows: Sequence[Mapping], verdicts: Optional[Mapping] = N
         lines.append((label, text))
     if verdicts:
         decoy = verdicts.get("decoy") or {}
-        _add_words(lines, "Verdicts on the claims", verdicts.get("entries"))
-        _add_words(lines, "Timing verdicts", verdicts.get("timing"))
+        for label, entries in (("Verdicts on the claims", verdicts.get("entries")),
+                               ("Timing verdicts", verdicts.get("timing"))):
+            if words := _verdict_words(entries):
+                lines.append((label, words))
         lines.append(("Scope", verdicts.get("protocol", {}).get("scope", "")))
-        if _add_words(lines, "Decoy verdicts (v2: suppresses spurious features)", decoy.get("entries")):
+        if words := _verdict_words(decoy.get("entries")):
+            lines.append(("Decoy verdicts (v2: suppresses spurious features)", words))
             lines.append(("Scope of the decoy verdicts", decoy.get("protocol", {}).get("scope", "")))
     else:
         lines.append(("Verdicts", "results/verdicts.json not generated yet (python -m batchcam verdicts)"))
