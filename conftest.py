@@ -8,7 +8,9 @@ the absolute path is set here instead. An explicit `--nbval-sanitize-with FILE` 
 
 Under nbval it also gives the notebook kernel (which inherits this process's
 environment) the seeded environment that scripts/refresh_notebooks.py used to produce
-the stored outputs, so both runs see the same hash seed.
+the stored outputs, so both runs see the same hash seed; and where the stored outputs were made
+on another CPU model than this one, it compares their numbers within training noise rather than
+character for character (``scripts/nbval_numbers.py``).
 
 Fixtures (no test module imports another; what several modules need lives here):
 ``synthetic`` (tiny uint8 data), ``fake_data`` (``load_data`` → synthetic), ``tiny_model`` (``fit``
@@ -18,6 +20,7 @@ builds a small GAP network instead of the registry's model), ``tiny_config``, ``
 ``usage_error`` (run the CLI, expect exit 2 with one line and no traceback).
 """
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 
 NBVAL_SANITIZE_FILE = Path(__file__).resolve().parent / "book" / "nbval_sanitize.cfg"
+NBVAL_NUMBERS_FILE = Path(__file__).resolve().parent / "scripts" / "nbval_numbers.py"
 
 # Keep in sync with SEEDED_ENV in scripts/refresh_notebooks.py.
 NOTEBOOK_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
@@ -41,6 +45,62 @@ def pytest_configure(config):
     if getattr(config.option, "nbval", False) or getattr(config.option, "nbval_lax", False):
         for key, value in NOTEBOOK_ENV.items():
             os.environ.setdefault(key, value)
+        _compare_numbers_across_cpus()
+
+
+def _compare_numbers_across_cpus():
+    """nbval compares exactly on the CPU model that made a notebook's stored outputs; on another,
+    number by number within training noise (``scripts/nbval_numbers.py`` says why and how much)."""
+    import importlib.util
+
+    from nbval.plugin import IPyNbCell
+
+    spec = importlib.util.spec_from_file_location("nbval_numbers", NBVAL_NUMBERS_FILE)
+    numbers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(numbers)
+    exact = IPyNbCell.compare_outputs
+    if getattr(exact, "across_cpus", False):
+        return
+
+    class Numbers(str):
+        """A sanitised text output that equals another when :func:`numbers.close` says so."""
+
+        __hash__ = str.__hash__
+
+        def __eq__(self, other):
+            return numbers.close(str(self), str(other))[0] if isinstance(other, str) else NotImplemented
+
+        def __ne__(self, other):
+            same = self.__eq__(other)
+            return same if same is NotImplemented else not same
+
+    def compare_outputs(self, test, ref, skip_compare=None):
+        if exact(self, test, ref, skip_compare):
+            return True
+        made_on = numbers.outputs_cpu(self.parent.nb)
+        if made_on is not None and made_on == _this_cpu():
+            return False
+        exact_traceback, sanitize = self.comparison_traceback, self.sanitize
+        self.sanitize = lambda s: Numbers(sanitize(s)) if isinstance(s, str) else sanitize(s)
+        try:
+            same = exact(self, test, ref, skip_compare)
+        finally:
+            del self.sanitize
+        if not same:
+            self.comparison_traceback = exact_traceback + [
+                f"(stored outputs made on {made_on or 'an unnamed CPU'}, this is {_this_cpu()}: the numbers "
+                f"were also compared within {numbers.REL_TOL:g} relative or {numbers.ABS_TOL:g} absolute)"]
+        return same
+
+    compare_outputs.across_cpus = True
+    IPyNbCell.compare_outputs = compare_outputs
+
+
+@functools.lru_cache(maxsize=None)
+def _this_cpu() -> str:
+    from batchcam.provenance import provenance
+
+    return provenance("cpu")["cpu"]
 
 
 # --------------------------------------------------------------------------- data and models
