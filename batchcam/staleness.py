@@ -7,6 +7,13 @@ behaviour: a source change that leaves every number the same (a refactor, an opt
 recognised by the probes of ``batchcam.behaviour`` kept in ``results/behaviour.json``: the record is
 current when its code's probe and HEAD's agree for its model.
 
+A probe is a fact about a code version *on one CPU model*: another CPU model rounds float32 training
+differently (chapter 7 measures it), so two probes are compared only when the same CPU model made both.
+An entry is keyed by the code key, or by ``"<code key>@<CPU model>"`` when that code was probed again on
+another CPU model; the probe names its CPU model under ``versions.cpu`` (probes stored before it did were
+all made on :data:`LEGACY_PROBE_CPU`). ``scripts/fingerprint.py --commit`` probes an older version on
+this machine's CPU model when only another has probed it.
+
 This module sits beside the probes, above storage: ``batchcam.results`` reads and writes records and
 knows nothing of code versions.
 """
@@ -22,9 +29,13 @@ from .behaviour import code_key, same_behaviour
 from .provenance import LEGACY_RESULT_FILES, RESULT_FILES, code_hashes, git
 from .results import load_record, results_root
 
-__all__ = ["load_behaviour", "pack_behaviour", "stale_records", "probe_for"]
+__all__ = ["load_behaviour", "pack_behaviour", "stale_records", "probes_for", "probe_cpu", "LEGACY_PROBE_CPU"]
 
 PathLike = Union[str, Path]
+
+#: The CPU model of every probe stored before probes named theirs (``git log results/behaviour.json``:
+#: all made in sessions on this CPU model).
+LEGACY_PROBE_CPU = "Intel(R) Xeon(R) Processor"
 
 
 def load_behaviour(path: Optional[PathLike] = None) -> dict:
@@ -48,19 +59,33 @@ def pack_behaviour(entries: dict) -> dict:
     return {"code": code, "probes": probes}
 
 
-def probe_for(hashes: dict, behaviour: dict, legacy: bool = True) -> Optional[dict]:
-    """The probe of the code version ``hashes`` describes (chapter 7): keyed by its fingerprints of
-    ``RESULT_FILES``, or (``legacy``), for a version probed before the import closure, of
-    ``LEGACY_RESULT_FILES``. HEAD's probe is looked up without ``legacy``: it must be keyed by every file."""
+def probe_cpu(probe: dict) -> str:
+    """The CPU model that made ``probe`` (``versions.cpu``; :data:`LEGACY_PROBE_CPU` if unnamed)."""
+    return (probe.get("versions") or {}).get("cpu") or LEGACY_PROBE_CPU
+
+
+def _by_cpu(behaviour: dict, key: str) -> dict[str, dict]:
+    """The probes of one code version, by the CPU model that made them."""
+    out = {}
+    if behaviour.get(key):
+        out[probe_cpu(behaviour[key])] = behaviour[key]
+    for name, probe in behaviour.items():
+        if name.startswith(key + "@") and probe:
+            out[name[len(key) + 1:]] = probe
+    return out
+
+
+def probes_for(hashes: dict, behaviour: dict, legacy: bool = True) -> dict[str, dict]:
+    """The probes of the code version ``hashes`` describes, by CPU model (chapter 7): keyed by its
+    fingerprints of ``RESULT_FILES``, or (``legacy``), for a version probed before the import closure, of
+    ``LEGACY_RESULT_FILES``. HEAD's probes are looked up without ``legacy``: they must be keyed by every file."""
     for files in (RESULT_FILES, LEGACY_RESULT_FILES)[:2 if legacy else 1]:
-        entry = behaviour.get(code_key({f: hashes.get(f) for f in files}))
-        if entry:
-            return entry
+        found = _by_cpu(behaviour, code_key({f: hashes.get(f) for f in files}))
+        if found:
+            return found
     if legacy:  # probed when the import closure had fewer files: key it by the files that version had
-        entry = behaviour.get(code_key({f: h for f in RESULT_FILES if (h := hashes.get(f)) is not None}))
-        if entry:
-            return entry
-    return None
+        return _by_cpu(behaviour, code_key({f: h for f in RESULT_FILES if (h := hashes.get(f)) is not None}))
+    return {}
 
 
 def _hashes_of(prov: dict, by_commit: dict) -> tuple[Optional[dict], Optional[str]]:
@@ -86,6 +111,19 @@ def _hashes_of(prov: dict, by_commit: dict) -> tuple[Optional[dict], Optional[st
     return {**by_commit[commit], **code_hashes(commit, LEGACY_RESULT_FILES)}, None
 
 
+def _changed_behaviour(changed: list[str], mine: dict, heads: dict, config: dict) -> Optional[str]:
+    """Why a record whose code changed is stale, or None when the probes of its code and of HEAD's, made on
+    one CPU model, agree for its model."""
+    common = sorted(set(mine) & set(heads))
+    if common and all(same_behaviour(mine[cpu], heads[cpu], config.get("model", "")) for cpu in common):
+        return None
+    reason = "changed since: " + ", ".join(changed)
+    if mine and heads and not common:
+        reason += (f" (its code was probed on {', '.join(sorted(mine))} only, HEAD's on {', '.join(sorted(heads))}:"
+                   " probe both on one CPU model, scripts/fingerprint.py --commit)")
+    return reason
+
+
 def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     """Records whose code changed since they were made: ``[{"run_id", "commit", "reason"}]`` (chapter 7).
 
@@ -108,9 +146,9 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
         if hashes:
             head = head or code_hashes("HEAD")
             changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
-            probes = [probe_for(hashes, behaviour), probe_for(head, behaviour, legacy=False)] if changed else []
-            if changed and not (all(probes) and same_behaviour(*probes, record["config"].get("model", ""))):
-                reason = "changed since: " + ", ".join(changed)
+            if changed:
+                reason = _changed_behaviour(changed, probes_for(hashes, behaviour),
+                                            probes_for(head, behaviour, legacy=False), record["config"])
         if reason:
             out.append({"run_id": path.stem, "commit": prov.get("git_commit"), "reason": reason})
     return out

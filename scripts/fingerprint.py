@@ -4,8 +4,13 @@
     python scripts/fingerprint.py --commit cec57a1 --commit e083a71   # older code versions
 
 A commit is probed in a temporary git worktree, with this checkout's data folder and this file's
-``batchcam/behaviour.py`` (which imports only what every version has). An entry is keyed by the
-code version (``batchcam.behaviour.code_key``); an existing entry is replaced only with --force.
+``batchcam/behaviour.py`` (which imports only what every version has). A probe names the CPU model
+that made it (``versions.cpu``): another CPU model rounds training differently, so ``batchcam.staleness``
+compares two probes only when one CPU model made both. An entry is keyed by the code version
+(``batchcam.behaviour.code_key``), or by ``"<code key>@<CPU model>"`` when another CPU model already
+probed that version; an existing probe of this code on this CPU model is replaced only with --force.
+After a code change on a CPU model that has not probed the records' code, probe that code here too:
+``--commit <the records' commit>``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ sys.path.insert(0, str(REPO))
 from batchcam._helpers import atomic_write_json  # noqa: E402
 from batchcam.behaviour import code_key  # noqa: E402
 from batchcam.data import default_data_root  # noqa: E402
-from batchcam.provenance import code_hashes, git  # noqa: E402
-from batchcam.staleness import load_behaviour, pack_behaviour  # noqa: E402
+from batchcam.provenance import code_hashes, git, provenance  # noqa: E402
+from batchcam.staleness import load_behaviour, pack_behaviour, probe_cpu  # noqa: E402
 
 TARGET = REPO / "results" / "behaviour.json"
 
@@ -50,9 +55,10 @@ def main() -> None:
     for label, hashes in jobs:
         if None in hashes.values() and label != "working tree":
             sys.exit(f"{label}: not a commit of this repository with every result file")
-        key = code_key(hashes)
-        if key in entries and not args.force:
-            print(f"{label}: code {key} already probed (--force to redo)")
+        key, cpu = code_key(hashes), provenance("cpu")["cpu"]
+        name = key if key not in entries or probe_cpu(entries[key]) == cpu else f"{key}@{cpu}"
+        if name in entries and not args.force:
+            print(f"{label}: code {key} already probed on {cpu} (--force to redo)")
             continue
         if label == "working tree":
             result = probe_at(REPO)
@@ -65,9 +71,10 @@ def main() -> None:
                     result = probe_at(tree)
                 finally:
                     git("worktree", "remove", "--force", str(tree))
-        entries[key] = result
+        result.setdefault("versions", {})["cpu"] = cpu
+        entries[name] = result
         atomic_write_json(TARGET, pack_behaviour(entries))
-        print(f"{label}: code {key} probed ({sum(map(len, result.values()))} numbers) -> {TARGET}")
+        print(f"{label}: code {key} probed on {cpu} ({sum(map(len, result.values()))} numbers) -> {TARGET}")
 
 
 if __name__ == "__main__":

@@ -52,21 +52,55 @@ def test_a_code_change_with_the_same_behaviour_keeps_records_current(tmp_path, m
 
 
 def test_the_committed_probe_of_this_code_is_what_this_code_computes():
-    entries = S.load_behaviour()
+    from batchcam.provenance import provenance
+
+    probes = S.probes_for(code_hashes(), S.load_behaviour(), legacy=False)
     key = code_key(code_hashes())
-    assert key in entries, (f"results/behaviour.json has no probe of this code ({key}): "
-                            "run `python scripts/fingerprint.py` and commit the file")
-    stored = entries[key]
+    assert probes, (f"results/behaviour.json has no probe of this code ({key}): "
+                    "run `python scripts/fingerprint.py` and commit the file")
+    cpu = provenance("cpu")["cpu"]
+    stored = probes.get(cpu) or next(iter(probes.values()))
     if stored.get("versions", {}).get("torch") != torch.__version__:
         pytest.skip(f"probe recorded with torch {stored.get('versions')}, this is {torch.__version__}")
     fresh = probe(["simplecnn"])
-    if same_behaviour(stored, fresh, "simplecnn"):  # within REL_TOL: the machine class that made the probe
+    if cpu in probes:  # this CPU model made a probe of this code: it must agree within REL_TOL
+        assert same_behaviour(stored, fresh, "simplecnn")
         return
-    # The code key matches, so only the machine differs: another CPU model rounds differently and training
-    # carries it further. Such a probe must still agree within the cross-CPU tolerance, and it says so.
+    # Only another CPU model probed this code: it rounds differently and training carries it further. The
+    # probe must still agree within the cross-CPU tolerance, and the test says so.
     assert same_behaviour(stored, fresh, "simplecnn", CROSS_CPU_REL_TOL, CROSS_CPU_ABS_TOL)
-    warnings.warn(f"the probe agrees only within the cross-CPU tolerance ({CROSS_CPU_REL_TOL:g} relative): "
-                  "it was made on another CPU model", stacklevel=2)
+    warnings.warn(f"this code was probed on {', '.join(probes)}, not on {cpu}: the probe agrees within the "
+                  f"cross-CPU tolerance ({CROSS_CPU_REL_TOL:g} relative)", stacklevel=2)
+
+
+def test_probes_are_compared_only_when_one_cpu_model_made_both(tmp_path, make_record, monkeypatch):
+    """A record's code and HEAD's code probed on different CPU models cannot show the same behaviour (the
+    CPUs round differently): the record is stale and the reason says how to probe both on one CPU model.
+    Probed on a common CPU model, they are compared there."""
+    if git("rev-parse", "HEAD") is None:
+        pytest.skip("not a git checkout")
+    monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))
+    head = code_hashes("HEAD")
+    edited = dict(head, **{"batchcam/losses.py": "f" * 64})
+    record, tensors = make_record(seed=0, provenance={"git_commit": "0" * 40, "git_dirty": False,
+                                                      "code_sha256": edited})
+    R.write_run(record, tensors, tmp_path / "runs")
+
+    def on(cpu, value=1.0):
+        return {**_probe(value), "versions": {"cpu": cpu}}
+
+    def reasons(entries):
+        (tmp_path / "behaviour.json").write_text(json.dumps(S.pack_behaviour(entries)))
+        return [s["reason"] for s in S.stale_records(tmp_path / "runs")]
+
+    new, old = code_key(head), code_key(edited)
+    (apart,) = reasons({new: on("AMD EPYC"), old: on("Intel Xeon")})
+    assert apart.startswith("changed since: batchcam/losses.py") and "fingerprint.py --commit" in apart
+    assert reasons({new: on("AMD EPYC"), f"{new}@Intel Xeon": on("Intel Xeon"), old: on("Intel Xeon")}) == []
+    assert reasons({new: on("AMD EPYC"), f"{new}@Intel Xeon": on("Intel Xeon", 1.5),
+                    old: on("Intel Xeon")}) == ["changed since: batchcam/losses.py"]
+    assert S.probes_for(head, S.load_behaviour(tmp_path / "behaviour.json")).keys() == {"AMD EPYC", "Intel Xeon"}
+    assert S.probe_cpu(_probe()) == S.LEGACY_PROBE_CPU  # stored before probes named their CPU
 
 
 def test_the_cross_cpu_tolerance_still_catches_a_changed_number():

@@ -482,12 +482,12 @@ def test_a_probe_made_before_a_module_joined_the_closure_is_found():
     closure of its time: staleness must key its probe by the files that version had."""
     from batchcam.behaviour import code_key
     from batchcam.provenance import RESULT_FILES
-    from batchcam.staleness import probe_for
+    from batchcam.staleness import LEGACY_PROBE_CPU, probes_for
 
     old = {f: f"hash-of-{f}" for f in RESULT_FILES if f != "batchcam/loop.py"}
     behaviour = {code_key(old): {"simplecnn": {"x": 1.0}}}
-    assert probe_for({**old, "batchcam/loop.py": None}, behaviour) == {"simplecnn": {"x": 1.0}}
-    assert probe_for({**old, "batchcam/loop.py": None}, behaviour, legacy=False) is None  # HEAD: every file
+    assert probes_for({**old, "batchcam/loop.py": None}, behaviour) == {LEGACY_PROBE_CPU: {"simplecnn": {"x": 1.0}}}
+    assert probes_for({**old, "batchcam/loop.py": None}, behaviour, legacy=False) == {}  # HEAD: every file
 
 
 def test_atomic_writes_share_one_temp_file_rule(tmp_path, monkeypatch):
