@@ -8,6 +8,9 @@
   Colab show about that much without scrolling).
 - Every notebook opens with an H1 title (the first heading; `myst.header` otherwise) and has a
   Colab badge that opens this very notebook from the repository and branch in `_config.yml`.
+- Every notebook with stored outputs names the CPU model that made them (`metadata.batchcam.outputs_cpu`,
+  written by scripts/refresh_notebooks.py): nbval compares exactly on that CPU model and within training
+  noise on another (scripts/nbval_numbers.py); without a name it could only do the latter.
 
 Failures list file, cell (0-based index, as in `nbformat.read(...).cells[i]`) and line (1-based).
 Reads files only: fast, no kernel, no build.
@@ -186,6 +189,14 @@ def test_code_lines_fit(path):
 def test_title_and_colab_badge(path):
     problems = title_and_badge_problems(path)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_stored_outputs_name_their_cpu(path):
+    nb = nbformat.read(path, as_version=4)
+    if any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+        cpu = (nb.metadata.get("batchcam") or {}).get("outputs_cpu")
+        assert cpu, f"{path.name}: run scripts/refresh_notebooks.py {path.relative_to(ROOT)} (names the CPU)"
 
 
 # The checks check something: each catches the mistake it is written for.

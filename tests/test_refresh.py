@@ -31,3 +31,21 @@ def test_the_landing_page_reads_the_file_the_script_writes():
     cells = json.loads((ROOT / "book" / "intro.ipynb").read_text())["cells"]
     intro = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert 'results_root("notebooks")' in intro and "times.json" in intro
+
+
+def test_check_allows_training_noise_only_across_cpu_models():
+    """``--check`` compares as nbval does: exactly when this CPU model made the stored outputs, number by
+    number within ``nbval_numbers``' tolerance when another did; words still exactly."""
+    import nbformat
+
+    refresh = _script()
+
+    def nb(text):
+        cell = nbformat.v4.new_code_cell("print(...)", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text=text)], id="c0")
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    stored, noisy, other = nb("L1 0.364\n"), nb("L1 0.378\n"), nb("L2 0.364\n")
+    assert refresh.diff_outputs(stored, noisy, across_cpus=True) == []
+    assert len(refresh.diff_outputs(stored, noisy)) == 1
+    assert len(refresh.diff_outputs(stored, other, across_cpus=True)) == 1
