@@ -60,7 +60,7 @@ def pack_behaviour(entries: dict) -> dict:
 
 
 def probe_cpu(probe: dict) -> str:
-    """The CPU model that made ``probe`` (``versions.cpu``; :data:`LEGACY_PROBE_CPU` if unnamed)."""
+    """The CPU model that made ``probe`` (``versions.cpu``; :data:`LEGACY_PROBE_CPU` if unnamed) (chapter 7)."""
     return (probe.get("versions") or {}).get("cpu") or LEGACY_PROBE_CPU
 
 
