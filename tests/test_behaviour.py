@@ -30,7 +30,8 @@ def test_same_behaviour_compares_the_model_and_the_data_only():
     assert not same_behaviour(a, {"data": a["data"]}, "simplecnn")  # model not probed
 
 
-def test_a_code_change_with_the_same_behaviour_keeps_records_current(tmp_path, make_record, monkeypatch):
+def _record_of_edited_code(tmp_path, make_record, monkeypatch):
+    """One record under ``tmp_path/runs`` made by HEAD's code with ``losses.py`` edited: (HEAD's hashes, its)."""
     if git("rev-parse", "HEAD") is None:
         pytest.skip("not a git checkout")
     monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))
@@ -39,6 +40,11 @@ def test_a_code_change_with_the_same_behaviour_keeps_records_current(tmp_path, m
     record, tensors = make_record(seed=0, provenance={"git_commit": "0" * 40, "git_dirty": False,
                                                       "code_sha256": edited})
     R.write_run(record, tensors, tmp_path / "runs")
+    return head, edited
+
+
+def test_a_code_change_with_the_same_behaviour_keeps_records_current(tmp_path, make_record, monkeypatch):
+    head, edited = _record_of_edited_code(tmp_path, make_record, monkeypatch)
     behaviour = tmp_path / "behaviour.json"
 
     def stale_with(old_probe):
@@ -77,14 +83,7 @@ def test_probes_are_compared_only_when_one_cpu_model_made_both(tmp_path, make_re
     """A record's code and HEAD's code probed on different CPU models cannot show the same behaviour (the
     CPUs round differently): the record is stale and the reason says how to probe both on one CPU model.
     Probed on a common CPU model, they are compared there."""
-    if git("rev-parse", "HEAD") is None:
-        pytest.skip("not a git checkout")
-    monkeypatch.setenv("BATCHCAM_RESULTS", str(tmp_path))
-    head = code_hashes("HEAD")
-    edited = dict(head, **{"batchcam/losses.py": "f" * 64})
-    record, tensors = make_record(seed=0, provenance={"git_commit": "0" * 40, "git_dirty": False,
-                                                      "code_sha256": edited})
-    R.write_run(record, tensors, tmp_path / "runs")
+    head, edited = _record_of_edited_code(tmp_path, make_record, monkeypatch)
 
     def on(cpu, value=1.0):
         return {**_probe(value), "versions": {"cpu": cpu}}
