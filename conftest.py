@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 
 NBVAL_SANITIZE_FILE = Path(__file__).resolve().parent / "book" / "nbval_sanitize.cfg"
-NBVAL_NUMBERS_FILE = Path(__file__).resolve().parent / "scripts" / "nbval_numbers.py"
 
 # Keep in sync with SEEDED_ENV in scripts/refresh_notebooks.py.
 NOTEBOOK_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
@@ -51,13 +50,11 @@ def pytest_configure(config):
 def _compare_numbers_across_cpus():
     """nbval compares exactly on the CPU model that made a notebook's stored outputs; on another,
     number by number within training noise (``scripts/nbval_numbers.py`` says why and how much)."""
-    import importlib.util
-
     from nbval.plugin import IPyNbCell
 
-    spec = importlib.util.spec_from_file_location("nbval_numbers", NBVAL_NUMBERS_FILE)
-    numbers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(numbers)
+    from tests._scripts import load_script
+
+    numbers = load_script("nbval_numbers")
     exact = IPyNbCell.compare_outputs
     if getattr(exact, "across_cpus", False):
         return

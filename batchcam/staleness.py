@@ -111,11 +111,11 @@ def _hashes_of(prov: dict, by_commit: dict) -> tuple[Optional[dict], Optional[st
     return {**by_commit[commit], **code_hashes(commit, LEGACY_RESULT_FILES)}, None
 
 
-def _changed_behaviour(changed: list[str], mine: dict, heads: dict, config: dict) -> Optional[str]:
+def _changed_behaviour(changed: list[str], mine: dict, heads: dict, model: str) -> Optional[str]:
     """Why a record whose code changed is stale, or None when the probes of its code and of HEAD's, made on
     one CPU model, agree for its model."""
     common = sorted(set(mine) & set(heads))
-    if common and all(same_behaviour(mine[cpu], heads[cpu], config.get("model", "")) for cpu in common):
+    if common and all(same_behaviour(mine[cpu], heads[cpu], model) for cpu in common):
         return None
     reason = "changed since: " + ", ".join(changed)
     if mine and heads and not common:
@@ -135,7 +135,7 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
     dirty tree or names no commit (or one this repository lacks).
     """
     root = Path(root) if root is not None else results_root("runs")
-    out, by_commit, head, behaviour = [], {}, None, load_behaviour()
+    out, by_commit, head, heads, behaviour = [], {}, None, None, load_behaviour()
     for path in sorted(root.glob("*.json")):
         try:
             record = load_record(path)
@@ -147,8 +147,9 @@ def stale_records(root: Optional[PathLike] = None) -> list[dict]:
             head = head or code_hashes("HEAD")
             changed = [f for f in RESULT_FILES if hashes.get(f) != head[f]]
             if changed:
-                reason = _changed_behaviour(changed, probes_for(hashes, behaviour),
-                                            probes_for(head, behaviour, legacy=False), record["config"])
+                heads = heads if heads is not None else probes_for(head, behaviour, legacy=False)
+                reason = _changed_behaviour(changed, probes_for(hashes, behaviour), heads,
+                                            record["config"].get("model", ""))
         if reason:
             out.append({"run_id": path.stem, "commit": prov.get("git_commit"), "reason": reason})
     return out

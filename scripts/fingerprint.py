@@ -52,10 +52,11 @@ def main() -> None:
     args = parser.parse_args()
     entries = load_behaviour(TARGET)
     jobs = [(c, code_hashes(c)) for c in args.commit] or [("working tree", code_hashes())]
+    cpu = provenance("cpu")["cpu"]  # the probes below run on this machine
     for label, hashes in jobs:
         if None in hashes.values() and label != "working tree":
             sys.exit(f"{label}: not a commit of this repository with every result file")
-        key, cpu = code_key(hashes), provenance("cpu")["cpu"]
+        key = code_key(hashes)
         name = key if key not in entries or probe_cpu(entries[key]) == cpu else f"{key}@{cpu}"
         if name in entries and not args.force:
             print(f"{label}: code {key} already probed on {cpu} (--force to redo)")

@@ -3,8 +3,7 @@ decimals moved, within training noise, and fail on anything else (words, integer
 
 import nbformat
 import pytest
-
-from tests._scripts import load_script
+from _scripts import load_script
 
 numbers = load_script("nbval_numbers")
 
